@@ -1,0 +1,120 @@
+"""VPD: Variational Policy Distillation (Li, Nijkamp, Yavuz, Joty, arXiv 2605.15113).
+
+Learning from feedback as variational EM. The reward-tilted policy
+    pi*(y|x)  proportional to  pi_prior(y|x) exp(r(x, y) / beta)
+is approximated by the feedback-reading teacher q(y | x, C), which is the *same network* as the
+student, reading a prompt that also holds the feedback C.
+
+M-step (every iteration): the student distils from the teacher on its own rollouts: exactly the
+SDPO loss, with the teacher = the live shared weights under stop-gradient (no copy).
+
+E-step (every F iterations): the teacher learns to read feedback. Each response has its own
+feedback, so there are no chosen/rejected pairs; an unpaired preference loss (BCO) is used:
+    rho_i = beta * ( log q(y_i | x, C_i)  -  sg[ log pi_prior(y_i | x) ] )
+    L_E   = - mean_success log sigmoid(rho_i - delta) - mean_failure log sigmoid(-(rho_i - delta))
+with delta a detached running mean of the batch-mean implicit reward. The prior is the current
+student, scored with the weights as they are when the E-step starts (the adaptive trust region:
+the teacher moves only within reach of the student); ``prior: initial`` is the ablation.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from vpd_bench import losses as L
+from vpd_bench.method import register_method
+from vpd_bench.scoring import micro_batches
+
+from .sdpo import SDPO
+
+
+@register_method("vpd")
+class VPD(SDPO):
+    def __init__(self, cfg, trainer):
+        super().__init__(cfg, trainer)
+        self.delta: float | None = None     # BCO shift; starts at 0 for the first E-step
+        self.buffer: list[list[dict]] = []  # one list of E-step items per recent iteration
+        self.initial_prior = None
+        if self.mcfg.prior == "initial":    # the fixed-reference ablation keeps one frozen copy
+            self.initial_prior = copy.deepcopy(trainer.model).eval().requires_grad_(False)
+        elif self.mcfg.prior != "student":
+            raise ValueError(f"method.prior must be 'student' or 'initial', got {self.mcfg.prior!r}")
+
+    # The M-step is SDPO's loss with the live teacher (method.teacher = trained): inherited.
+
+    def after_update(self, batch, step):
+        self._remember(batch)
+        if step % int(self.mcfg.estep_every) != 0:
+            return {}
+        return self.e_step()
+
+    def _remember(self, batch):
+        """E-step buffer: responses that have a teacher prompt (feedback), with their outcome."""
+        success = batch.success(self.cfg.train.success_threshold)
+        items = [{"prompt": batch.prompt_ids_of(i), "response": batch.response_ids[i],
+                  "teacher_prompt": batch.teacher_prompt_ids[i], "success": bool(success[i])}
+                 for i in range(batch.num_responses)
+                 if bool(batch.teacher_mask[i]) and batch.response_ids[i]]
+        window = int(self.mcfg.estep_every) if self.mcfg.estep_buffer == "window" else 1
+        self.buffer = (self.buffer + [items])[-window:]
+
+    def e_step(self) -> dict:
+        items = [it for its in self.buffer for it in its]
+        n_success = sum(it["success"] for it in items)
+        n_failure = len(items) - n_success
+        if not items:
+            self.warn_once("estep-empty", "E-step buffer is empty (no response had feedback): E-step skipped")
+            return {"estep_loss": None, "delta": self.delta, "estep_size": 0}
+        if n_success == 0 or n_failure == 0:
+            self.warn_once("estep-one-class", "E-step buffer holds only one class "
+                                              f"({'successes' if n_failure == 0 else 'failures'}): using that term alone")
+        t = self.trainer
+        beta, norm = float(self.mcfg.beta), self.mcfg.length_norm
+        mbs = micro_batches(list(range(len(items))), t.cfg.train.micro_batch_size)
+        # log pi_prior(y|x) with the weights as they are now, before any E-step update
+        prior_model = self.initial_prior if self.initial_prior is not None else t.model
+        with torch.no_grad():
+            prior = torch.cat([t.sequence_log_probs(prior_model, [items[i]["prompt"] for i in mb],
+                                                    [items[i]["response"] for i in mb], norm) for mb in mbs])
+        delta = 0.0 if self.delta is None else self.delta
+        total, rhos = 0.0, []
+        with t.learning_rate(self.mcfg.estep_lr):
+            for _ in range(int(self.mcfg.estep_epochs)):
+                t.optimizer.zero_grad(set_to_none=True)
+                for mb in mbs:
+                    teacher = t.sequence_log_probs(t.model, [items[i]["teacher_prompt"] for i in mb],
+                                                   [items[i]["response"] for i in mb], norm)
+                    rho = L.implicit_reward(teacher, prior[mb], beta)
+                    success = torch.tensor([items[i]["success"] for i in mb])
+                    loss = self._bco_share(rho, success, delta, n_success, n_failure)
+                    loss.backward()
+                    total += float(loss)
+                    rhos.append(rho.detach())
+                t.optimizer_step()
+        rho_all = torch.cat(rhos)
+        self.delta = L.update_running_delta(self.delta, float(rho_all.mean()), float(self.mcfg.delta_momentum))
+        return {"estep_loss": total / int(self.mcfg.estep_epochs), "delta": self.delta,
+                "estep_size": len(items), "estep_success_frac": n_success / len(items)}
+
+    @staticmethod
+    def _bco_share(rho, success, delta, n_success, n_failure):
+        """This micro-batch's share of L_E: per-class means are over the whole buffer, so each
+        class term is weighted by (its count here) / (its count in the buffer)."""
+        loss = rho.sum() * 0.0
+        for cls, n_total in ((True, n_success), (False, n_failure)):
+            sel = success == cls
+            if n_total and bool(sel.any()):
+                part, _ = L.bco_loss(rho[sel], success[sel], delta)
+                loss = loss + part * (int(sel.sum()) / n_total)
+        return loss
+
+    def state_dict(self):
+        return {"delta": self.delta, "buffer": self.buffer,
+                "initial_prior": self.initial_prior.state_dict() if self.initial_prior is not None else None}
+
+    def load_state_dict(self, state):
+        self.delta = state.get("delta")
+        self.buffer = state.get("buffer", [])
+        if self.initial_prior is not None and state.get("initial_prior") is not None:
+            self.initial_prior.load_state_dict(state["initial_prior"])

@@ -1,0 +1,3 @@
+from vpd_bench.cli import main
+
+raise SystemExit(main())

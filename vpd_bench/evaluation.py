@@ -1,0 +1,30 @@
+"""Held-out evaluation: k sampled responses (pass@k, avg@k) and one greedy response per problem."""
+from __future__ import annotations
+
+from .stats import pass_at_k
+
+
+def evaluate_policy(engine, encode, task, problems, ecfg, seed: int, stop=()) -> dict:
+    """Score the policy on held-out problems with the task's held-out verifier."""
+    if not problems:
+        return {}
+    prompts = [encode(task.render_prompt(p)) for p in problems]
+    k = int(ecfg.samples)
+    metrics: dict = {"n_problems": len(problems), "k": k}
+    if k > 0:
+        gen = engine.generate(prompts, k, int(ecfg.max_new_tokens), temperature=float(ecfg.temperature),
+                              seed=seed, stop=stop)
+        texts = [engine.tokenizer.decode(r, skip_special_tokens=True) for r in gen.response_ids]
+        probs = [p for p in problems for _ in range(k)]
+        verdicts = task.verify_batch(probs, texts, split="eval")
+        succ = [v.reward >= 1.0 for v in verdicts]
+        per_problem = [sum(succ[i * k:(i + 1) * k]) for i in range(len(problems))]
+        metrics["pass@1"] = sum(pass_at_k(k, c, 1) for c in per_problem) / len(problems)
+        metrics["pass@k"] = sum(pass_at_k(k, c, k) for c in per_problem) / len(problems)
+        metrics["avg@k"] = sum(v.reward for v in verdicts) / len(verdicts)
+    if ecfg.greedy:
+        gen = engine.generate(prompts, 1, int(ecfg.max_new_tokens), greedy=True, seed=seed, stop=stop)
+        texts = [engine.tokenizer.decode(r, skip_special_tokens=True) for r in gen.response_ids]
+        verdicts = task.verify_batch(problems, texts, split="eval")
+        metrics["greedy"] = sum(v.reward >= 1.0 for v in verdicts) / len(verdicts)
+    return metrics

@@ -1,0 +1,145 @@
+"""Feedback sources: who writes the language feedback C about each response.
+
+Each source is a small object with ``build(batch, ctx) -> list[Feedback]`` (one per response).
+Combinations merge their parts (``env+sibling``); ``noisy`` swaps in another problem's feedback
+with probability p. The reference solution never enters feedback (only SDFT / OPSD read it,
+through their own ``context: reference``).
+"""
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+from .batch import Feedback, RolloutBatch
+from .registry import lookup
+
+
+def cap_text(text: str | None, max_chars: int, max_lines: int) -> str | None:
+    if not text:
+        return text
+    lines = text.splitlines()
+    if len(lines) > max_lines:
+        lines = lines[:max_lines] + [f"[... {len(text.splitlines()) - max_lines} more lines]"]
+    out = "\n".join(lines)
+    if len(out) > max_chars:
+        out = out[:max_chars] + " [...]"
+    return out
+
+
+class FeedbackSource:
+    name = "base"
+
+    def __init__(self, fcfg):
+        self.cfg = fcfg
+
+    def build(self, batch: RolloutBatch, ctx) -> list[Feedback]:
+        raise NotImplementedError
+
+
+SOURCES: dict[str, type[FeedbackSource]] = {}
+
+
+def register_source(name: str) -> Callable:
+    def deco(cls):
+        cls.name = name
+        SOURCES[name] = cls
+        return cls
+    return deco
+
+
+@register_source("env")
+class EnvFeedback(FeedbackSource):
+    """The verifier's own message (built by the task from training-side checks only)."""
+
+    def build(self, batch, ctx):
+        return [Feedback(text=cap_text(t, self.cfg.max_chars, self.cfg.max_lines) or None)
+                for t in batch.verdict_feedback]
+
+
+@register_source("sibling")
+class SiblingFeedback(FeedbackSource):
+    """A successful response from the same group as a demonstration."""
+
+    def build(self, batch, ctx):
+        G = batch.group_size
+        success = batch.success(ctx.success_threshold).tolist()
+        allow_self = ctx.allow_self_demonstration
+        out = []
+        for i in range(batch.num_responses):
+            g0 = (i // G) * G
+            candidates = [j for j in range(g0, g0 + G) if success[j] and (allow_self or j != i)]
+            demo = batch.response_texts[candidates[0]] if candidates else None
+            out.append(Feedback(demonstration=cap_text(demo, self.cfg.max_chars * 4, self.cfg.max_lines * 8)))
+        return out
+
+
+@register_source("hint")
+class HintFeedback(FeedbackSource):
+    """A data-set hint (tasks that have one); responses of problems without a hint get none."""
+
+    def build(self, batch, ctx):
+        return [Feedback(text=cap_text(batch.problem_of(i).hint, self.cfg.max_chars, self.cfg.max_lines))
+                for i in range(batch.num_responses)]
+
+
+@register_source("self_critique")
+class SelfCritiqueFeedback(FeedbackSource):
+    """The policy critiques its own failed response, given the verifier's verdict (never the
+    reference answer). Successes get no critique."""
+
+    def build(self, batch, ctx):
+        success = batch.success(ctx.success_threshold).tolist()
+        failed = [i for i in range(batch.num_responses) if not success[i]]
+        out = [Feedback() for _ in range(batch.num_responses)]
+        if not failed:
+            return out
+        prompts = []
+        for i in failed:
+            verdict = batch.statuses[i]
+            if batch.verdict_feedback[i]:
+                verdict += ": " + cap_text(batch.verdict_feedback[i], self.cfg.max_chars, self.cfg.max_lines)
+            text = self.cfg.critique_prompt.format(problem=batch.problem_of(i).prompt,
+                                                   response=batch.response_texts[i], verdict=verdict)
+            prompts.append(ctx.encode_prompt(text))
+        critiques = ctx.generate_texts(prompts, self.cfg.critique_max_new_tokens, seed=batch.step * 7919 + 17)
+        for i, c in zip(failed, critiques):
+            out[i] = Feedback(text=cap_text(c.strip(), self.cfg.max_chars, self.cfg.max_lines) or None)
+        return out
+
+
+def merge(parts: list[list[Feedback]]) -> list[Feedback]:
+    merged = []
+    for fbs in zip(*parts):
+        demo = next((f.demonstration for f in fbs if f.demonstration), None)
+        texts = [f.text for f in fbs if f.text]
+        merged.append(Feedback(demonstration=demo, text="\n".join(texts) if texts else None))
+    return merged
+
+
+class CombinedFeedback:
+    """The configured feedback: one or more sources merged, optionally made noisy."""
+
+    def __init__(self, fcfg):
+        self.cfg = fcfg
+        self.sources = [lookup(SOURCES, s, "feedback source")(fcfg) for s in fcfg.sources]
+        self.noise_p = float(fcfg.get("p", 0.0)) if fcfg.name == "noisy" else 0.0
+
+    def build(self, batch: RolloutBatch, ctx) -> list[Feedback]:
+        fbs = merge([s.build(batch, ctx) for s in self.sources])
+        if self.noise_p > 0:
+            fbs = add_noise(fbs, batch.group_size, self.noise_p, random.Random(ctx.seed * 100_003 + batch.step))
+        return fbs
+
+
+def add_noise(fbs: list[Feedback], group_size: int, p: float, rng: random.Random) -> list[Feedback]:
+    """With probability p, replace a response's feedback by that of a response to another problem."""
+    n = len(fbs)
+    groups = n // group_size
+    if groups < 2:
+        return fbs
+    out = list(fbs)
+    for i in range(n):
+        if rng.random() < p:
+            other = [j for j in range(n) if j // group_size != i // group_size]
+            out[i] = fbs[rng.choice(other)]
+    return out

@@ -1,0 +1,131 @@
+"""The run store: one folder per run, every write atomic (write, fsync, rename).
+
+  config.yaml     the resolved config
+  metrics.jsonl   one JSON object per step
+  eval.jsonl      one JSON object per held-out evaluation
+  samples.jsonl   prompts, responses, rewards, feedback, teacher prompts (capped per step)
+  results.json    the typed summary (vpd_bench.results)
+  checkpoints/    step_XXXXXX/ {state.pt, meta.json} and LATEST
+  train.log       one line per step
+A killed run loses at most the steps since its last checkpoint; on resume the JSONL files are
+cut back to that checkpoint, so they never hold steps the model state does not.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .results import atomic_write_text
+
+log = logging.getLogger("vpd_bench")
+
+
+def _clean(obj):
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if torch.is_tensor(obj):
+        return _clean(obj.tolist())
+    return obj
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    if not path.exists():
+        return rows
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s line %d is not valid JSON: skipped", path, n)
+    return rows
+
+
+class JsonlLog:
+    """A JSONL file kept in memory and rewritten atomically on every flush."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows = read_jsonl(path)
+
+    def append(self, row: dict) -> None:
+        self.rows.append(_clean(row))
+
+    def truncate_after(self, step: int) -> None:
+        self.rows = [r for r in self.rows if r.get("step", 0) <= step]
+
+    def flush(self) -> None:
+        atomic_write_text(self.path, "".join(json.dumps(r, default=str) + "\n" for r in self.rows))
+
+
+class RunStore:
+    def __init__(self, run_dir: str | os.PathLike):
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ckpt_dir = self.dir / "checkpoints"
+        self.metrics = JsonlLog(self.dir / "metrics.jsonl")
+        self.evals = JsonlLog(self.dir / "eval.jsonl")
+        self.samples = JsonlLog(self.dir / "samples.jsonl")
+
+    @property
+    def results_path(self) -> Path:
+        return self.dir / "results.json"
+
+    def write_config(self, yaml_text: str) -> None:
+        atomic_write_text(self.dir / "config.yaml", yaml_text)
+
+    def flush(self) -> None:
+        self.metrics.flush()
+        self.evals.flush()
+        self.samples.flush()
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def latest_checkpoint(self) -> Path | None:
+        pointer = self.ckpt_dir / "LATEST"
+        if not pointer.exists():
+            return None
+        path = self.ckpt_dir / pointer.read_text().strip()
+        if not (path / "meta.json").exists():
+            raise UserError(f"checkpoint pointer {pointer} names {path}, which is incomplete; "
+                            f"delete {pointer} to resume from an earlier checkpoint or start afresh")
+        return path
+
+    def save_checkpoint(self, step: int, state: dict, keep: int = 1) -> Path:
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        name = f"step_{step:06d}"
+        final = self.ckpt_dir / name
+        tmp = self.ckpt_dir / f".{name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        torch.save(state, tmp / "state.pt")
+        atomic_write_text(tmp / "meta.json", json.dumps({"step": step}) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        atomic_write_text(self.ckpt_dir / "LATEST", name + "\n")
+        # prune: keep the newest `keep` complete checkpoints
+        done = sorted(p for p in self.ckpt_dir.glob("step_*") if (p / "meta.json").exists())
+        for old in done[:-max(1, keep)]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in self.ckpt_dir.glob(".step_*.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self, path: Path) -> dict:
+        try:
+            return torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
+            raise UserError(f"checkpoint {path} could not be read ({type(err).__name__}: {err}); "
+                            f"delete it and point {self.ckpt_dir / 'LATEST'} at an earlier one, "
+                            f"or rerun without --resume") from None

@@ -1,0 +1,156 @@
+"""Runs and sweeps: expand methods x tasks x feedback x seeds (x a sweep's grid) into run specs,
+skip completed runs, resume partial ones, and run them in-process, as parallel local jobs, or on Ray.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .config import CONF_DIR, compose, group_options
+from .errors import UserError
+
+log = logging.getLogger("vpd_bench")
+
+
+@dataclass
+class RunSpec:
+    method: str
+    task: str
+    feedback: str | None
+    seed: int
+    model: str | None = None
+    preset: str | None = None
+    engine: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    grid_label: str = ""
+    out: str = "runs"
+
+    def compose(self):
+        return compose(self.method, self.task, self.feedback, self.model, self.preset, self.engine,
+                       list(self.overrides) + [f"seed={self.seed}"])
+
+    def feedback_label(self, cfg) -> str:
+        if "teacher" not in cfg.method:
+            return "none"                      # RLVR: no teacher reads feedback
+        if cfg.method.get("context") == "reference":
+            return "reference"                 # SDFT / OPSD read the data set's reference
+        return cfg.feedback.name
+
+    def run_dir(self, cfg=None) -> Path:
+        cfg = cfg or self.compose()
+        if cfg.run_dir:
+            return Path(cfg.run_dir)
+        method = cfg.method.name + (f"[{self.grid_label}]" if self.grid_label else "")
+        return Path(self.out) / cfg.task.name / method / self.feedback_label(cfg) / f"seed{self.seed}"
+
+    def cli_args(self) -> list[str]:
+        args = ["run", "--methods", self.method, "--task", self.task, "--seed", str(self.seed), "--out", self.out,
+                "--resume", "--no-skip-label"]
+        for flag, val in (("--feedback", self.feedback), ("--model", self.model), ("--preset", self.preset),
+                          ("--engine", self.engine)):
+            if val is not None:
+                args += [flag, val]
+        if self.grid_label:
+            args += ["--grid-label", self.grid_label]
+        return args + list(self.overrides)
+
+
+def load_sweep(name: str) -> dict:
+    path = CONF_DIR / "sweep" / f"{name}.yaml"
+    if not path.exists():
+        from .registry import suggest
+        raise UserError(f"unknown sweep '{name}'.{suggest(name, group_options('sweep'))} "
+                        f"Known sweeps: {', '.join(group_options('sweep'))}")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
+
+def expand(methods, tasks, feedbacks, seeds, model=None, preset=None, engine=None, overrides=(), out="runs",
+           grid: dict | None = None) -> list[RunSpec]:
+    grid = grid or {}
+    keys = sorted(grid)
+    combos = list(itertools.product(*(grid[k] for k in keys))) if keys else [()]
+    specs, seen = [], set()
+    for method, task, fb, seed, combo in itertools.product(methods, tasks, feedbacks or [None], seeds, combos):
+        extra = [f"{k}={v}" for k, v in zip(keys, combo)]
+        label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, combo))
+        spec = RunSpec(method, task, fb, int(seed), model, preset, engine, list(overrides) + extra, label, out)
+        cfg = spec.compose()                   # validates every name and key up front
+        key = spec.run_dir(cfg)
+        if key in seen:                        # e.g. grpo under two feedback sources: one run
+            continue
+        seen.add(key)
+        specs.append(spec)
+    return specs
+
+
+def run_status(run_dir: Path) -> str:
+    res = run_dir / "results.json"
+    if res.exists():
+        try:
+            if json.loads(res.read_text()).get("status") == "complete":
+                return "complete"
+        except (OSError, json.JSONDecodeError):
+            pass
+    if (run_dir / "checkpoints" / "LATEST").exists() or (run_dir / "metrics.jsonl").exists():
+        return "partial"
+    return "new"
+
+
+def run_one(spec: RunSpec, resume: bool = True, progress: bool = True):
+    from .loop import Trainer
+    cfg = spec.compose()
+    run_dir = spec.run_dir(cfg)
+    status = run_status(run_dir)
+    if status == "complete":
+        log.info("skip %s: already complete", run_dir)
+        return None
+    if status == "partial" and not resume:
+        raise UserError(f"{run_dir} holds a partial run: pass --resume to continue it")
+    OmegaConf.set_struct(cfg, False)
+    cfg.run_dir = str(run_dir)
+    OmegaConf.set_struct(cfg, True)
+    trainer = Trainer(cfg, run_dir, progress=progress)
+    return trainer.run(resume=(status == "partial"))
+
+
+def run_local(specs: list[RunSpec], jobs: int = 1, resume: bool = True) -> int:
+    """Run specs in-process (jobs=1) or as parallel subprocesses. Returns the number of failures."""
+    if jobs <= 1:
+        failures = 0
+        for i, spec in enumerate(specs, 1):
+            log.info("[%d/%d] %s", i, len(specs), spec.run_dir())
+            run_one(spec, resume=resume)
+        return failures
+    pending, running, failures = list(specs), [], 0
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // jobs))}
+    while pending or running:
+        while pending and len(running) < jobs:
+            spec = pending.pop(0)
+            run_dir = spec.run_dir()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            logf = open(run_dir / "stdout.log", "a")
+            proc = subprocess.Popen([sys.executable, "-m", "vpd_bench", *spec.cli_args()], stdout=logf,
+                                    stderr=subprocess.STDOUT, env=env)
+            running.append((proc, spec, logf))
+            log.info("started %s (pid %d)", run_dir, proc.pid)
+        for item in list(running):
+            proc, spec, logf = item
+            if proc.poll() is not None:
+                logf.close()
+                running.remove(item)
+                if proc.returncode != 0:
+                    failures += 1
+                    log.error("run %s failed (exit %d): see %s", spec.run_dir(), proc.returncode,
+                              spec.run_dir() / "stdout.log")
+        if running:
+            import time
+            time.sleep(0.5)
+    return failures

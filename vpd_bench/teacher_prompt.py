@@ -1,0 +1,74 @@
+"""The teacher prompt: the student's problem plus an optional demonstration and an optional
+feedback block, then an instruction to solve the original problem again.
+
+Pure functions, testable without a model. Truncation cuts the context block (demonstration +
+feedback), never the problem or the chat template, so the teacher always sees the task.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .batch import Feedback
+from .errors import UserError
+
+
+@dataclass
+class TeacherPrompt:
+    text: str | None          # None: no teacher signal for this response (masked)
+    ids: list[int] | None
+    truncated: bool = False
+
+
+def context_block(fb: Feedback, templates) -> str:
+    parts = []
+    if fb.demonstration:
+        parts.append(templates.demonstration.format(demonstration=fb.demonstration))
+    if fb.text:
+        parts.append(templates.feedback.format(feedback=fb.text))
+    return "\n".join(parts)
+
+
+def render_prompt(tokenizer, text: str, chat: bool) -> str:
+    if chat:
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return text
+
+
+def build_teacher_prompt(problem_text: str, fb: Feedback, templates, tokenizer, chat: bool,
+                         max_length: int, truncation: str = "left") -> TeacherPrompt:
+    """Teacher prompt for one response. ``truncation``: left (drop the start of the context
+    block), right (drop its end) or error (raise)."""
+    if fb.empty:
+        return TeacherPrompt(None, None, False)
+    block = context_block(fb, templates)
+
+    def assemble(ctx: str) -> str:
+        body = f"{problem_text}\n\n{ctx}\n{templates.instruction}"
+        return render_prompt(tokenizer, body, chat)
+
+    text = assemble(block)
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) <= max_length:
+        return TeacherPrompt(text, ids, False)
+    if truncation == "error":
+        raise UserError(f"teacher prompt has {len(ids)} tokens > teacher_prompt.max_length={max_length}; "
+                        f"raise max_length or set teacher_prompt.truncation=left|right")
+    if truncation not in ("left", "right"):
+        raise UserError(f"teacher_prompt.truncation must be left, right or error, got {truncation!r}")
+    overflow = len(ids) - max_length
+    block_ids = tokenizer.encode(block, add_special_tokens=False)
+    marker = "[...]"
+    keep = len(block_ids) - overflow - len(tokenizer.encode(marker, add_special_tokens=False)) - 2
+    for _ in range(4):   # re-tokenisation at the cut can shift a token or two
+        if keep <= 0:
+            return TeacherPrompt(None, None, True)   # not even the problem fits: no teacher signal
+        kept = block_ids[-keep:] if truncation == "left" else block_ids[:keep]
+        kept_text = tokenizer.decode(kept, skip_special_tokens=True)
+        ctx = f"{marker}{kept_text}" if truncation == "left" else f"{kept_text}{marker}"
+        text = assemble(ctx)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) <= max_length:
+            return TeacherPrompt(text, ids, True)
+        keep -= len(ids) - max_length
+    return TeacherPrompt(None, None, True)
