@@ -73,7 +73,7 @@ def cmd_run(args) -> int:
         failures = run_ray(specs, address=args.address, resume=True)
     elif len(specs) == 1:
         spec = specs[0]
-        status = run_status(spec.run_dir())
+        status = run_status(spec.run_dir(), int(spec.compose().train.steps))
         if status == "partial" and not args.resume:
             raise UserError(f"{spec.run_dir()} holds a partial run: pass --resume to continue it, "
                             f"or --out elsewhere to start afresh")
@@ -105,7 +105,7 @@ def cmd_validate(args) -> int:
     print(f"# plan: {len(specs)} run(s)")
     for spec in specs:
         d = spec.run_dir()
-        print(f"  {d}  [{run_status(d)}]")
+        print(f"  {d}  [{run_status(d, int(spec.compose().train.steps))}]")
     if problems:
         print("\n# problems")
         for p in sorted(set(problems)):
@@ -247,8 +247,22 @@ COMMANDS = {"run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "eval": cmd_
             "verify": cmd_verify}
 
 
+def parse(argv):
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # `--key=value` is accepted as a config override (checked against the config like any other)
+        # (and key=value after other options, which argparse leaves over)
+        if args.command in ("run", "validate", "verify", "eval") and all("=" in u for u in unknown):
+            args.overrides = list(args.overrides) + [u[2:] if u.startswith("--") else u for u in unknown]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)} (see `vpd-bench {args.command} --help`; "
+                         f"config overrides are written key=value)")
+    return args
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "filelock", "transformers"):

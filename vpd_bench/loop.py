@@ -252,6 +252,8 @@ class Trainer:
             if key in stats:
                 num, den = sum(a for a, _ in stats[key]), sum(b for _, b in stats[key])
                 out[key] = num / den if den else None
+        for key in ("divergence", "clip_frac"):
+            out.setdefault(key, None)        # every health key is present in every row (null if n/a)
         out["teacher_gain"] = teacher_gain(stats.get("gain", []))
         return out
 

@@ -34,8 +34,12 @@ class RunSpec:
     out: str = "runs"
 
     def compose(self):
-        return compose(self.method, self.task, self.feedback, self.model, self.preset, self.engine,
-                       list(self.overrides) + [f"seed={self.seed}"])
+        key = (self.method, self.task, self.feedback, self.model, self.preset, self.engine,
+               tuple(self.overrides), self.seed)
+        if getattr(self, "_cached", (None,))[0] != key:
+            self._cached = (key, compose(self.method, self.task, self.feedback, self.model, self.preset,
+                                         self.engine, list(self.overrides) + [f"seed={self.seed}"]))
+        return self._cached[1].copy()
 
     def feedback_label(self, cfg) -> str:
         if "teacher" not in cfg.method:
@@ -91,11 +95,13 @@ def expand(methods, tasks, feedbacks, seeds, model=None, preset=None, engine=Non
     return specs
 
 
-def run_status(run_dir: Path) -> str:
+def run_status(run_dir: Path, steps: int | None = None) -> str:
+    """new | partial | complete (complete: results.json says so and covers the requested steps)."""
     res = run_dir / "results.json"
     if res.exists():
         try:
-            if json.loads(res.read_text()).get("status") == "complete":
+            data = json.loads(res.read_text())
+            if data.get("status") == "complete" and (steps is None or data.get("steps_completed", 0) >= steps):
                 return "complete"
         except (OSError, json.JSONDecodeError):
             pass
@@ -108,7 +114,7 @@ def run_one(spec: RunSpec, resume: bool = True, progress: bool = True):
     from .loop import Trainer
     cfg = spec.compose()
     run_dir = spec.run_dir(cfg)
-    status = run_status(run_dir)
+    status = run_status(run_dir, int(cfg.train.steps))
     if status == "complete":
         log.info("skip %s: already complete", run_dir)
         return None

@@ -1,0 +1,105 @@
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from vpd_bench.cli import main
+from vpd_bench.config import CONF_DIR, compose, feedback_cli_names, group_options
+from vpd_bench.errors import UserError
+
+
+@pytest.mark.parametrize("group", ["method", "task", "feedback", "model", "engine", "preset"])
+def test_every_config_file_composes(group):
+    for option in group_options(group):
+        kw = {"method": "grpo", "task": "debug"}
+        if group == "model" and option == "hf":
+            cfg = compose(model="hf", overrides=["model.path=/nonexistent/folder"])
+        elif group == "feedback":
+            cfg = compose(feedback=OmegaConf.load(CONF_DIR / "feedback" / f"{option}.yaml").name)
+        elif group in ("method", "task"):
+            kw[group] = option
+            cfg = compose(**kw)
+        else:
+            cfg = compose(**{group: option})
+        # resolving every interpolation catches a broken default
+        OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_every_sweep_expands():
+    from vpd_bench.sweep import expand, load_sweep
+    for name in group_options("sweep"):
+        sw = load_sweep(name)
+        specs = expand(sw.get("methods", ["grpo"])[:1], sw.get("tasks", ["debug"])[:1], sw.get("feedback"),
+                       [0], "tiny-random", sw.get("preset"), None, sw.get("overrides", []), "runs", sw.get("grid"))
+        assert specs, name
+
+
+def test_misspelt_key_names_the_key_and_the_fix():
+    with pytest.raises(UserError, match=r"train\.lrr.*Did you mean 'train\.lr'"):
+        compose(overrides=["train.lrr=1e-5"])
+    with pytest.raises(UserError, match="bogus_key"):
+        compose(overrides=["bogus_key=1"])
+
+
+def test_unknown_names_get_did_you_mean():
+    with pytest.raises(UserError, match="Did you mean 'grpo'"):
+        compose(method="gpro")
+    with pytest.raises(UserError, match="Did you mean 'code'"):
+        compose(task="cod")
+    with pytest.raises(UserError, match=r"Did you mean 'env\+sibling'"):
+        compose(feedback="env-sibling")
+
+
+def test_cli_exits_nonzero_with_message(capsys):
+    assert main(["run", "--methods", "grpo", "--task", "code", "--bogus_key=1"]) == 2
+    assert "bogus_key" in capsys.readouterr().err
+    assert main(["run", "--methods", "gpro", "--task", "code"]) == 2
+    assert "Did you mean 'grpo'" in capsys.readouterr().err
+    assert main(["validate", "--methods", "grpo", "--task", "debug", "train.lrr=1"]) == 2
+
+
+def test_method_defaults_follow_method_md():
+    vpd = compose("vpd", "sciqa").method
+    assert (vpd.estep_every, vpd.prior, vpd.beta, vpd.delta_momentum, vpd.length_norm, vpd.estep_buffer) == \
+        (5, "student", 0.1, 0.9, "sum", "window")
+    assert vpd.teacher == "trained" and vpd.alpha == 0.5 and vpd.support == "topk" and vpd.topk == 20
+    assert compose("sdpo", "code").method.alpha == 1.0 and compose("sdpo", "math").method.alpha == 0.5
+    sdpo = compose("sdpo", "code").method
+    assert sdpo.teacher == "ema" and sdpo.teacher_tau == 0.05 and sdpo.is_clip == 2.0
+    sdft = compose("sdft", "code").method
+    assert (sdft.context, sdft.teacher, sdft.teacher_tau, sdft.alpha) == ("reference", "ema", 0.01, 0.0)
+    opsd = compose("opsd", "code").method
+    assert (opsd.context, opsd.teacher, opsd.alpha) == ("reference", "frozen", 0.5)
+    grpo = compose("grpo").method
+    assert (grpo.scale_by_std, grpo.clip_low, grpo.clip_high, grpo.ppo_epochs, grpo.kl_coef) == (True, 0.2, 0.2, 1, 0.0)
+    assert compose("dr_grpo").method.scale_by_std is False
+    cfg = compose()
+    assert cfg.train.success_threshold == 1.0 and cfg.teacher_prompt.truncation == "left"
+    assert cfg.feedback.name == "env+sibling" and cfg.model.name == "smollm2-135m"
+
+
+def test_ls_lists_every_name(capsys):
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    for name in ["grpo", "dr_grpo", "sdpo", "sdft", "opsd", "vpd", "code", "math", "sciqa", "cold_start", "debug",
+                 "env", "sibling", "self_critique", "hint", "env+sibling", "noisy", "smollm2-135m", "tiny-random",
+                 "qwen2.5-coder-0.5b", "quick", "paper"]:
+        assert f"  {name} " in out, name
+    assert set(feedback_cli_names()) >= {"env", "sibling", "self_critique", "hint", "env+sibling", "noisy"}
+
+
+def test_validate_prints_plan_and_runs_nothing(tmp_path, capsys):
+    rc = main(["validate", "--methods", "vpd,grpo", "--task", "debug", "--model", "tiny-random", "--seeds", "2",
+               "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "plan: 4 run(s)" in out and "debug/vpd/env+sibling/seed1" in out and "debug/grpo/none/seed0" in out
+    assert not any(tmp_path.iterdir())
+
+
+def test_methods_and_tasks_install_under_the_vpd_bench_namespace(tmp_path):
+    code = "import importlib.util as u; print(u.find_spec('methods'), u.find_spec('tasks'), " \
+           "u.find_spec('vpd_bench.methods') is not None, u.find_spec('vpd_bench.tasks') is not None)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["None", "None", "True", "True"]

@@ -1,0 +1,134 @@
+"""The training loop, the run store and resume, on the tiny in-process model."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vpd_bench.cli import main
+
+TINY = ["rollout.max_new_tokens=12", "train.prompts_per_step=2", "eval.num_problems=4", "eval.samples=2"]
+HEALTH = ["step", "loss", "reward_mean", "pass_rate", "no_signal_frac", "masked_teacher_frac", "divergence",
+          "entropy", "response_len", "grad_norm", "teacher_trunc_frac", "teacher_gain", "wall_time_s", "lr"]
+
+
+def run_cli(*args):
+    return main(["run", "--task", "debug", "--model", "tiny-random", *args, *TINY])
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def the_run(out, method="grpo", feedback="none"):
+    return Path(out) / "debug" / method / feedback / "seed0"
+
+
+def test_resume_gives_identical_losses(tmp_path):
+    a, b = tmp_path / "A", tmp_path / "B"
+    common = ["--methods", "grpo", "train.checkpoint_every=2", "rollout.max_new_tokens=32", "train.group_size=8"]
+    assert run_cli(*common, "--steps", "4", "--out", str(a)) == 0
+    assert run_cli(*common, "--steps", "2", "--out", str(b)) == 0
+    assert run_cli(*common, "--steps", "4", "--out", str(b), "--resume") == 0
+    la, lb = losses(the_run(a)), losses(the_run(b))
+    assert len(la) == 4 and la == lb
+    assert any(x != 0 for x in la)          # the comparison is not between empty updates
+
+
+def test_resume_is_exact_for_vpd_across_an_estep(tmp_path):
+    a, b = tmp_path / "A", tmp_path / "B"
+    common = ["--methods", "vpd", "method.estep_every=2", "train.checkpoint_every=1", "rollout.max_new_tokens=24"]
+    assert run_cli(*common, "--steps", "4", "--out", str(a)) == 0
+    assert run_cli(*common, "--steps", "3", "--out", str(b)) == 0
+    assert run_cli(*common, "--steps", "4", "--out", str(b), "--resume") == 0
+    ra = [json.loads(x) for x in (the_run(a, "vpd", "env+sibling") / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (the_run(b, "vpd", "env+sibling") / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
+    assert [r.get("estep_loss") for r in ra] == [r.get("estep_loss") for r in rb]
+
+
+def test_existing_run_needs_resume(tmp_path, capsys):
+    assert run_cli("--methods", "grpo", "--steps", "1", "--out", str(tmp_path)) == 0
+    # complete runs are skipped, partial ones need --resume
+    assert run_cli("--methods", "grpo", "--steps", "2", "--out", str(tmp_path)) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_run_folder_contents(tmp_path):
+    assert run_cli("--methods", "sdpo", "--steps", "2", "--out", str(tmp_path)) == 0
+    d = the_run(tmp_path, "sdpo", "env+sibling")
+    for name in ["config.yaml", "metrics.jsonl", "samples.jsonl", "results.json", "eval.jsonl", "train.log"]:
+        assert (d / name).stat().st_size > 0, name
+    res = json.loads((d / "results.json").read_text())
+    assert res["status"] == "complete" and res["steps_completed"] == 2 and res["run"]["seed"] == 0
+    assert res["versions"]["torch"] and "revision" in res["git"] and res["config"]["method"]["name"] == "sdpo"
+    assert [e["step"] for e in res["eval_history"]] == [0, 2]
+    sample = json.loads((d / "samples.jsonl").read_text().splitlines()[0])
+    for key in ["prompt", "response", "reward", "status", "feedback", "teacher_prompt"]:
+        assert key in sample
+    assert (d / "checkpoints" / "LATEST").exists()
+
+
+@pytest.mark.parametrize("method", ["grpo", "dr_grpo", "sdpo", "sdft", "opsd", "vpd", "grpo_sdpo"])
+def test_every_method_runs_six_steps_with_health_signals(tmp_path, method):
+    assert run_cli("--methods", method, "--steps", "6", "--out", str(tmp_path), "eval.samples=0",
+                   "eval.greedy=false") == 0
+    d = next(tmp_path.glob(f"debug/{method}/*/seed0"))
+    rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for r in rows:
+        for key in HEALTH:
+            assert key in r, (method, key)
+        assr = r["loss"]
+        assert assr is not None
+    if method == "vpd":
+        assert "estep_loss" in rows[4] and "delta" in rows[4] and "estep_loss" not in rows[3]
+
+
+def test_vpd_estep_runs_exactly_every_f_iterations(tmp_path):
+    assert run_cli("--methods", "vpd", "--steps", "10", "--out", str(tmp_path), "method.estep_every=5",
+                   "eval.samples=0", "eval.greedy=false", "train.checkpoint_every=10") == 0
+    rows = [json.loads(x) for x in (the_run(tmp_path, "vpd", "env+sibling") / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "estep_loss" in r] == [5, 10]
+
+
+def test_sigkill_mid_run_resumes_and_completes(tmp_path):
+    out = tmp_path / "K"
+    args = [sys.executable, "-m", "vpd_bench", "run", "--methods", "grpo", "--task", "debug", "--model", "tiny-random",
+            "--steps", "40", "--out", str(out), "train.checkpoint_every=3", "rollout.max_new_tokens=24",
+            "eval.samples=0", "eval.greedy=false"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    metrics = the_run(out) / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    d = the_run(out)
+    # nothing half-written: every file parses, no temp file is left as the real name
+    for line in metrics.read_text().splitlines():
+        json.loads(line)
+    assert (d / "checkpoints" / "LATEST").exists()
+    assert run_cli("--methods", "grpo", "--steps", "40", "--out", str(out), "--resume", "train.checkpoint_every=3",
+                   "rollout.max_new_tokens=24", "eval.samples=0", "eval.greedy=false") == 0
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    assert json.loads((d / "results.json").read_text())["status"] == "complete"
+
+
+def test_sweep_expands_and_skips_completed_runs(tmp_path, capsys):
+    args = ["--methods", "grpo,sdft", "--steps", "1", "--seeds", "2", "--out", str(tmp_path), "eval.samples=0",
+            "eval.greedy=false"]
+    assert run_cli(*args) == 0
+    dirs = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("debug/*/*/seed*"))
+    assert dirs == ["debug/grpo/none/seed0", "debug/grpo/none/seed1", "debug/sdft/reference/seed0",
+                    "debug/sdft/reference/seed1"]
+    stamp = (tmp_path / dirs[0] / "metrics.jsonl").stat().st_mtime_ns
+    assert run_cli(*args) == 0
+    assert (tmp_path / dirs[0] / "metrics.jsonl").stat().st_mtime_ns == stamp
