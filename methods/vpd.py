@@ -89,7 +89,7 @@ class VPD(SDPO):
                     success = torch.tensor([items[i]["success"] for i in mb])
                     loss = self._bco_share(rho, success, delta, n_success, n_failure)
                     loss.backward()
-                    total += float(loss)
+                    total += float(loss.detach())
                     rhos.append(rho.detach())
                 t.optimizer_step()
         rho_all = torch.cat(rhos)

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from . import losses as L
 from .batch import RolloutBatch
 from .config import to_yaml
+from .distributed import context as dist_context
 from .engine import HFEngine
 from .errors import UserError
 from .evaluation import evaluate_policy
@@ -30,6 +31,7 @@ from .models import LoadedModel, load_model
 from .results import RunResult, git_info, read_results, versions, write_results
 from .scoring import micro_batches, pack, response_logits, token_log_probs
 from .store import RunStore
+from .sweep import feedback_label
 from .teacher_prompt import build_teacher_prompt, render_prompt
 from .teachers import FrozenTeacher, build_teacher
 
@@ -58,14 +60,15 @@ class FeedbackContext:
 class Trainer:
     def __init__(self, cfg, run_dir: str | Path, loaded: LoadedModel | None = None, progress: bool = True):
         self.cfg = cfg
-        self.progress = progress
-        self.store = RunStore(run_dir)
+        self.dist = dist_context()         # one process: rank 0 of 1, every hook below is the identity
+        self.progress = progress and self.dist.is_main
+        self.store = RunStore(run_dir) if self.dist.is_main else self.dist.follower_store(run_dir)
         torch.manual_seed(int(cfg.seed))
         random.seed(int(cfg.seed))
         loaded = loaded or load_model(cfg.model)
         self.model_info = loaded.info
         self.tokenizer = loaded.tokenizer
-        self.model = self._maybe_lora(loaded.model)
+        self.model = self.dist.place(self._maybe_lora(loaded.model))
         self.model.train()
         from vpd_bench.tasks import build_task
         self.task = build_task(cfg)
@@ -77,6 +80,7 @@ class Trainer:
         self.feedback = CombinedFeedback(cfg.feedback)
         self.feedback_context = FeedbackContext(self)
         self.method = build_method(cfg, self)
+        self.dist.adapt_method(self.method)
         strategy = self.method.teacher_strategy
         self.teacher = build_teacher(strategy, self.model, cfg.method.get("teacher_tau", 0.0)) if strategy else None
         self.reference = FrozenTeacher(self.model) if getattr(self.method, "needs_reference", False) else None
@@ -88,6 +92,7 @@ class Trainer:
         self.wall_time = 0.0
         self.tokens_generated = 0
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.dist.barrier()                # every rank has read the run store before rank 0 writes
 
     # -- construction helpers -------------------------------------------------------------------
     def _maybe_lora(self, model):
@@ -139,7 +144,7 @@ class Trainer:
             order = list(range(n))
             random.Random(int(self.cfg.seed) * 1_000_003 + epoch).shuffle(order)
             out.append(self.train_problems[order[pos]])
-        return out
+        return self.dist.shard(out, allow_empty=False)   # this rank's slice
 
     def generate(self, step: int) -> RolloutBatch:
         problems = self.sample_problems(step)
@@ -157,7 +162,7 @@ class Trainer:
         batch.rollout_logp = gen.logprobs
         batch.finish_reasons = gen.finish_reasons
         batch.response_texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in gen.response_ids]
-        self.tokens_generated += sum(len(x) for x in gen.response_ids)
+        self.tokens_generated += self.dist.sum_int(sum(len(x) for x in gen.response_ids))
         return batch
 
     # -- stage 2: verify -------------------------------------------------------------------------
@@ -217,6 +222,7 @@ class Trainer:
 
     def update_student(self, batch: RolloutBatch) -> dict:
         prep = self.method.prepare(batch)
+        self.dist.sync_normalizers(batch)     # loss normalisers count every rank's slice
         mbs = micro_batches(list(range(batch.num_responses)), int(self.cfg.train.micro_batch_size))
         old = {}
         epochs = max(1, int(self.method.ppo_epochs))
@@ -259,11 +265,18 @@ class Trainer:
 
     def optimizer_step(self) -> float:
         params = [p for p in self.model.parameters() if p.requires_grad]
+        self.dist.sync_gradients(params)
         clip = float(self.cfg.train.grad_clip)
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
+
+    def sync_engine(self) -> dict:
+        """Push the current weights into a rollout engine that keeps its own copy (vLLM) and return
+        its parity-probe metrics; the HF engine shares the trainer's model and has nothing to do."""
+        sync = getattr(self.engine, "sync_weights", None)
+        return (sync(self.model) or {}) if sync is not None else {}
 
     @contextmanager
     def learning_rate(self, lr: float | None):
@@ -297,6 +310,7 @@ class Trainer:
         metrics = self.update_student(batch)
         t_upd = time.perf_counter()
         metrics.update(self.method.after_update(batch, step))
+        metrics.update(self.sync_engine())
         t_end = time.perf_counter()
         self.wall_time += t_end - t0
         success = batch.success(float(self.cfg.train.success_threshold)).float()
@@ -340,8 +354,10 @@ class Trainer:
         if int(ecfg.num_problems) > 0:
             problems = problems[:int(ecfg.num_problems)]
         t0 = time.perf_counter()
+        problems = self.dist.shard(problems)
         metrics = evaluate_policy(self.engine, self.encode_prompt, self.task, problems, ecfg,
                                   seed=int(self.cfg.seed) * 7_000_003 + 999, stop=list(self.cfg.rollout.stop))
+        metrics = self.dist.merge_eval(metrics)     # problem-weighted means over the ranks' shards
         row = {"step": step, "wall_time_s": self.wall_time, "eval_time_s": time.perf_counter() - t0,
                "metrics": metrics}
         self.store.evals.truncate_after(step - 1)
@@ -377,6 +393,7 @@ class Trainer:
         self.step, self.wall_time, self.tokens_generated = state["step"], state["wall_time"], state["tokens_generated"]
         for jl in (self.store.metrics, self.store.samples, self.store.evals):
             jl.truncate_after(self.step)
+        self.sync_engine()
         log.info("resumed from %s (step %d)", path, self.step)
         return True
 
@@ -385,9 +402,10 @@ class Trainer:
         cfg = self.cfg
         final_metrics = self.store.metrics.rows[-1] if self.store.metrics.rows else {}
         return RunResult(
-            run={"method": cfg.method.name, "task": cfg.task.name, "feedback": cfg.feedback.name,
+            run={"method": cfg.method.name, "task": cfg.task.name, "feedback": feedback_label(cfg),
                  "model": cfg.model.name, "seed": int(cfg.seed), "preset": cfg.get("preset_name"),
-                 "run_dir": str(self.store.dir), "setting": cfg.setting},
+                 "run_dir": str(self.store.dir), "setting": cfg.setting, "task_details": self.task.describe(),
+                 "model_details": {k: v for k, v in self.model_info.items() if k != "load_time_s"}},
             config=OmegaConf.to_container(cfg, resolve=True), status=status, versions=versions(), git=git_info(),
             engine=OmegaConf.to_container(cfg.engine, resolve=True),
             sampling={**OmegaConf.to_container(cfg.rollout, resolve=True), "group_size": int(cfg.train.group_size)},
@@ -421,7 +439,7 @@ class Trainer:
         last_saved = self.step
         try:
             for step in range(self.step + 1, steps + 1):
-                metrics = self.train_step(step)
+                metrics = self.dist.reduce_metrics(self.train_step(step))
                 self.step = step
                 if evaluate and int(cfg.eval.every) > 0 and step % int(cfg.eval.every) == 0 and step < steps:
                     metrics.update({f"eval/{k}": v for k, v in self.evaluate(step).items()})
@@ -438,7 +456,8 @@ class Trainer:
             if self.step > last_saved:
                 log.warning("interrupted: saving a checkpoint at step %d", self.step)
                 self.checkpoint(self.step)
-            write_results(self.store.results_path, self.result_record("partial"))
+            if self.dist.is_main:
+                write_results(self.store.results_path, self.result_record("partial"))
             raise
         finally:
             if bar is not None:
@@ -446,7 +465,8 @@ class Trainer:
             if tb is not None:
                 tb.close()
         result = self.result_record("complete")
-        write_results(self.store.results_path, result)
+        if self.dist.is_main:
+            write_results(self.store.results_path, result)
         return result
 
     def _log_step(self, m: dict, bar, tb) -> None:
@@ -457,8 +477,9 @@ class Trainer:
                 f"{m['step_time_s']:.1f}s")
         if m.get("estep_loss") is not None:
             line += f" | E-step loss {f(m['estep_loss'], 4)} delta {f(m['delta'], 4)}"
-        with open(self.store.dir / "train.log", "a") as fh:
-            fh.write(line + "\n")
+        if self.dist.is_main:
+            with open(self.store.dir / "train.log", "a") as fh:
+                fh.write(line + "\n")
         if bar is not None and not bar.disable:
             bar.set_postfix(loss=f(m["loss"], 4), reward=f(m["reward_mean"]), refresh=False)
             bar.update(1)

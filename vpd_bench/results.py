@@ -3,7 +3,9 @@
 Fields (schema version 1):
   schema_version   int, 1
   status           "complete" | "partial" (a run stopped before its last step) | "failed"
-  run              {method, task, feedback, model, seed, preset, run_dir}
+  run              {method, task, feedback (the label of the run folder: none for RLVR, reference for
+                   SDFT/OPSD), model, seed, preset, run_dir, setting, task_details (the task's
+                   describe(): source, split sizes and seeds), model_details (source, sha256, parameters)}
   config           the fully resolved config (dict)
   versions         {python, torch, transformers, vpd_bench, platform}
   git              {revision, dirty}

@@ -20,6 +20,15 @@ from .errors import UserError
 log = logging.getLogger("vpd_bench")
 
 
+def feedback_label(cfg) -> str:
+    """The feedback a run actually uses: RLVR reads none, SDFT / OPSD read the reference."""
+    if "teacher" not in cfg.method:
+        return "none"
+    if cfg.method.get("context") == "reference":
+        return "reference"
+    return cfg.feedback.name
+
+
 @dataclass
 class RunSpec:
     method: str
@@ -42,11 +51,7 @@ class RunSpec:
         return self._cached[1].copy()
 
     def feedback_label(self, cfg) -> str:
-        if "teacher" not in cfg.method:
-            return "none"                      # RLVR: no teacher reads feedback
-        if cfg.method.get("context") == "reference":
-            return "reference"                 # SDFT / OPSD read the data set's reference
-        return cfg.feedback.name
+        return feedback_label(cfg)
 
     def run_dir(self, cfg=None) -> Path:
         cfg = cfg or self.compose()

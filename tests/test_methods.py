@@ -1,0 +1,191 @@
+"""Method behaviour on fixed toy batches: VPD's E-step, teacher copies, degenerate batches."""
+import copy
+
+import pytest
+import torch
+
+from vpd_bench.batch import RolloutBatch
+
+
+def toy_batch(trainer, step=1, rewards=(1.0, 0.0, 1.0, 0.0), with_feedback=True):
+    """A fixed batch: one prompt, four responses, two successes and two failures, each with its own
+    feedback text; the successes read 'correct' feedback, the failures 'wrong'."""
+    tok = trainer.tokenizer
+    prob = trainer.train_problems[0]
+    prompt = trainer.encode_prompt(trainer.task.render_prompt(prob))
+    texts = ["e tea", "xyz", "eel", "qqq"]
+    b = RolloutBatch(step=step, group_size=4, problems=[prob], prompt_texts=[""], prompt_ids=[prompt])
+    b.response_ids = [tok.encode(t, add_special_tokens=False) for t in texts]
+    b.response_texts = texts
+    with torch.no_grad():
+        lp = trainer.sequence_log_probs(trainer.model, [prompt] * 4, b.response_ids)  # only to shape; per-token below
+    from vpd_bench.scoring import pack, response_logits, token_log_probs
+    packed = pack([prompt] * 4, b.response_ids, trainer.pad_id)
+    with torch.no_grad():
+        tl = token_log_probs(response_logits(trainer.model, packed), packed.response_ids)
+    b.rollout_logp = [tl[i, :len(r)].tolist() for i, r in enumerate(b.response_ids)]
+    b.finish_reasons = ["eos"] * 4
+    b.rewards = torch.tensor(rewards)
+    b.statuses = ["pass" if r >= 1 else "fail" for r in rewards]
+    b.verdict_feedback = ["The answer is correct." if r >= 1 else "The answer is wrong." for r in rewards] \
+        if with_feedback else [""] * 4
+    assert lp.shape == (4,)
+    return b
+
+
+def step_on(trainer, batch):
+    trainer.build_teacher_context(batch)
+    m = trainer.update_student(batch)
+    m.update(trainer.method.after_update(batch, batch.step))
+    return m
+
+
+def gain(trainer, batch):
+    """teacher gain on the batch with the current weights: mean (log q - log pi) on successes minus failures."""
+    t = trainer
+    items = range(batch.num_responses)
+    with torch.no_grad():
+        q = t.sequence_log_probs(t.model, [batch.teacher_prompt_ids[i] for i in items], batch.response_ids)
+        p = t.sequence_log_probs(t.model, [batch.prompt_ids_of(i) for i in items], batch.response_ids)
+    d = q - p
+    s = batch.rewards >= 1
+    return float(d[s].mean() - d[~s].mean())
+
+
+def test_repeated_esteps_raise_teacher_gain(make_trainer):
+    t = make_trainer("vpd", feedback="env", overrides=["method.estep_every=1", "train.lr=1e-3"])
+    batch = toy_batch(t)
+    t.build_teacher_context(batch)
+    gains = [gain(t, batch)]
+    t.method._remember(batch)
+    losses = []
+    for _ in range(8):
+        out = t.method.e_step()
+        losses.append(out["estep_loss"])
+        gains.append(gain(t, batch))
+    assert out["estep_size"] == 4
+    rises = sum(b > a for a, b in zip(gains, gains[1:]))
+    assert rises >= 6 and gains[-1] > gains[0] + 0.1, gains
+    assert losses[-1] < losses[0], losses
+
+
+def test_estep_prior_student_gets_no_gradient(make_trainer, monkeypatch):
+    """With prior=student the prior term is scored under no_grad: the E-step gradient equals the
+    gradient of the teacher term alone."""
+    t = make_trainer("vpd", feedback="env", overrides=["method.estep_every=1"])
+    batch = toy_batch(t)
+    t.build_teacher_context(batch)
+    t.method._remember(batch)
+    seen = []
+    original = t.sequence_log_probs
+
+    def spy(model, prompts, responses, norm="sum"):
+        out = original(model, prompts, responses, norm)
+        seen.append((prompts[0] == batch.prompt_ids[0], out.requires_grad))
+        return out
+    monkeypatch.setattr(t, "sequence_log_probs", spy)
+    monkeypatch.setattr(t, "optimizer_step", lambda: 0.0)
+    t.method.e_step()
+    student_calls = [g for is_student, g in seen if is_student]
+    teacher_calls = [g for is_student, g in seen if not is_student]
+    assert student_calls and not any(student_calls)
+    assert teacher_calls and all(teacher_calls)
+
+
+def test_estep_delta_follows_running_mean(make_trainer):
+    t = make_trainer("vpd", feedback="env", overrides=["method.estep_every=1", "train.lr=0"])
+    batch = toy_batch(t)
+    t.build_teacher_context(batch)
+    t.method._remember(batch)
+    first = t.method.e_step()["delta"]
+    second = t.method.e_step()["delta"]        # lr = 0: same rho, so delta stays at the same mean
+    assert first == pytest.approx(second, abs=1e-6)
+
+
+def test_estep_with_one_class_uses_that_term_and_warns(make_trainer, caplog):
+    t = make_trainer("vpd", feedback="env", overrides=["method.estep_every=1"])
+    batch = toy_batch(t, rewards=(0.0, 0.0, 0.0, 0.0))
+    m = step_on(t, batch)
+    assert m["estep_loss"] is not None and m["estep_success_frac"] == 0.0
+    assert "only one class" in caplog.text
+
+
+def test_every_teacher_masked_gives_zero_distillation_loss(make_trainer, caplog):
+    t = make_trainer("sdpo", feedback="env")
+    batch = toy_batch(t, with_feedback=False)
+    m = step_on(t, batch)
+    assert m["loss"] == 0.0 and "lacks a teacher signal" in caplog.text
+
+
+def test_all_flat_groups_give_grpo_no_signal(make_trainer, caplog):
+    t = make_trainer("grpo")
+    batch = toy_batch(t, rewards=(1.0, 1.0, 1.0, 1.0))
+    m = step_on(t, batch)
+    assert m["no_signal_frac"] == 1.0 and m["loss"] == 0.0 and "no signal" in caplog.text
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_teacher_copies(make_trainer):
+    """SDPO with ema holds exactly one extra copy; VPD and live SDPO hold none."""
+    sdpo = make_trainer("sdpo")
+    assert sdpo.teacher.name == "ema" and sdpo.teacher.extra_copies == 1
+    assert count_params(sdpo.teacher.copy) == count_params(sdpo.model)
+    vpd = make_trainer("vpd")
+    assert vpd.teacher.name == "trained" and vpd.teacher.extra_copies == 0 and not hasattr(vpd.teacher, "copy")
+    assert vpd.method.initial_prior is None
+    assert make_trainer("vpd", overrides=["method.prior=initial"]).method.initial_prior is not None
+    opsd = make_trainer("opsd")
+    assert opsd.teacher.name == "frozen" and opsd.teacher.extra_copies == 1
+
+
+def test_ema_teacher_moves_at_rate_tau(make_trainer):
+    t = make_trainer("sdpo", overrides=["method.teacher_tau=0.05", "train.lr=1e-2"])
+    before = copy.deepcopy(dict(t.teacher.copy.named_parameters()))
+    batch = toy_batch(t)
+    step_on(t, batch)
+    student = dict(t.model.named_parameters())
+    for name, p in t.teacher.copy.named_parameters():
+        expected = 0.95 * before[name] + 0.05 * student[name].detach()
+        assert torch.allclose(p, expected, atol=1e-6), name
+
+
+def test_frozen_teacher_never_moves(make_trainer):
+    t = make_trainer("opsd", overrides=["train.lr=1e-2"])
+    before = copy.deepcopy(t.teacher.copy.state_dict())
+    step_on(t, toy_batch(t))
+    for k, v in t.teacher.copy.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_sdft_teacher_reads_the_reference_not_feedback(make_trainer):
+    t = make_trainer("sdft")
+    batch = toy_batch(t)
+    t.build_teacher_context(batch)
+    ref = batch.problems[0].reference
+    assert all(ref in text for text in batch.teacher_prompt_texts)
+    assert not any("wrong" in text for text in batch.teacher_prompt_texts)
+
+
+def test_grpo_ignores_feedback_and_builds_no_teacher(make_trainer):
+    t = make_trainer("grpo")
+    assert t.teacher is None
+    batch = toy_batch(t)
+    t.build_teacher_context(batch)
+    assert not batch.teacher_mask.any()
+
+
+def test_micro_batching_does_not_change_the_gradient(make_trainer, monkeypatch):
+    """Gradient accumulation over micro-batches gives the full-batch gradient (whole-batch normalisers)."""
+    grads = []
+    for size in (4, 1):
+        t = make_trainer("grpo_sdpo", overrides=[f"train.micro_batch_size={size}", "method.teacher=live"])
+        monkeypatch.setattr(t, "optimizer_step", lambda: 0.0)     # keep the accumulated gradient
+        batch = toy_batch(t)
+        t.build_teacher_context(batch)
+        t.update_student(batch)
+        grads.append(torch.cat([p.grad.flatten() for p in t.model.parameters()]))
+    assert grads[0].abs().max() > 0
+    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-7)
