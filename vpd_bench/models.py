@@ -107,11 +107,15 @@ def build_tiny_random(mcfg) -> LoadedModel:
 def load_hf(path: str, revision=None, dtype="auto", trust_remote_code=False) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    folder = Path(str(path)).expanduser()
+    if folder.is_dir() and not (folder / "config.json").exists():
+        raise UserError(f"could not load model '{path}': the folder has no config.json. Give a folder saved "
+                        f"with save_pretrained (config.json, weights, tokenizer files) or a hub id.")
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=_dtype(dtype),
                                                      trust_remote_code=trust_remote_code)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise UserError(
             f"could not load model '{path}': {str(err).splitlines()[0]}\n"

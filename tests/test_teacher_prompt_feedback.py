@@ -1,0 +1,128 @@
+"""Teacher prompts and feedback sources: pure functions, no model."""
+import random
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from vpd_bench.batch import Feedback, RolloutBatch
+from vpd_bench.config import compose
+from vpd_bench.errors import UserError
+from vpd_bench.feedback import CombinedFeedback, SelfCritiqueFeedback, add_noise, cap_text
+from vpd_bench.models import build_tiny_tokenizer
+from vpd_bench.teacher_prompt import build_teacher_prompt
+from vpd_bench.tasks.base import Problem
+
+TOK = build_tiny_tokenizer()
+TEMPLATES = compose().teacher_prompt
+
+
+def test_teacher_prompt_orders_demonstration_feedback_instruction():
+    tp = build_teacher_prompt("Solve 2+2.", Feedback("DEMO", "FEEDBACK"), TEMPLATES, TOK, True, 4096)
+    text = tp.text
+    assert text.index("Solve 2+2.") < text.index("DEMO") < text.index("FEEDBACK") < text.index(TEMPLATES.instruction)
+    assert text.startswith("<|im_start|>user\n") and text.endswith("<|im_start|>assistant\n")
+    assert tp.ids == TOK.encode(text, add_special_tokens=False) and not tp.truncated
+
+
+def test_no_demonstration_and_no_feedback_means_no_teacher():
+    tp = build_teacher_prompt("Solve.", Feedback(None, None), TEMPLATES, TOK, True, 4096)
+    assert tp.text is None and tp.ids is None
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_truncation_cuts_the_context_not_the_problem(side):
+    long_feedback = "\n".join(f"line {i:03d}" for i in range(300))
+    tp = build_teacher_prompt("THE PROBLEM", Feedback(None, long_feedback), TEMPLATES, TOK, True, 400)
+    assert tp.truncated and len(tp.ids) <= 400
+    assert "THE PROBLEM" in tp.text and TEMPLATES.instruction in tp.text
+    if side == "left":
+        assert "line 299" in tp.text and "line 000" not in tp.text
+    tp_r = build_teacher_prompt("THE PROBLEM", Feedback(None, long_feedback), TEMPLATES, TOK, True, 400,
+                                truncation="right")
+    assert "line 000" in tp_r.text and "line 299" not in tp_r.text
+
+
+def test_truncation_error_policy_raises():
+    with pytest.raises(UserError, match="max_length"):
+        build_teacher_prompt("P", Feedback(None, "x" * 2000), TEMPLATES, TOK, True, 100, truncation="error")
+
+
+class Ctx:
+    success_threshold = 1.0
+    allow_self_demonstration = False
+    seed = 0
+
+    def __init__(self):
+        self.critique_prompts = []
+
+    def encode_prompt(self, text):
+        self.critique_prompts.append(text)
+        return [1, 2, 3]
+
+    def generate_texts(self, prompts, max_new_tokens, seed):
+        return [f"critique {i}" for i in range(len(prompts))]
+
+
+def batch(rewards, G=4, n_problems=None):
+    n_problems = n_problems or len(rewards) // G
+    problems = [Problem(id=f"p{k}", prompt=f"problem {k}", answer="SECRET", reference=f"REFERENCE {k}",
+                        hint=f"hint {k}") for k in range(n_problems)]
+    b = RolloutBatch(step=1, group_size=G, problems=problems, prompt_texts=[""] * n_problems,
+                     prompt_ids=[[0]] * n_problems)
+    b.response_texts = [f"response {i}" for i in range(len(rewards))]
+    b.response_ids = [[1]] * len(rewards)
+    b.rewards = torch.tensor(rewards, dtype=torch.float)
+    b.statuses = ["pass" if r >= 1 else "fail" for r in rewards]
+    b.verdict_feedback = [f"verdict {i}" for i in range(len(rewards))]
+    return b
+
+
+def fb_cfg(name):
+    return compose(feedback=name).feedback
+
+
+def test_sibling_demonstration_is_another_success_never_itself():
+    b = batch([1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    fbs = CombinedFeedback(fb_cfg("sibling")).build(b, Ctx())
+    assert [f.demonstration for f in fbs[:4]] == ["response 2", "response 0", "response 0", "response 0"]
+    # the only success of group 2 gets no demonstration; its failures get it
+    assert fbs[7].demonstration is None and fbs[4].demonstration == "response 7"
+
+
+def test_env_plus_sibling_merges_both():
+    b = batch([1.0, 0.0, 1.0, 0.0])
+    fbs = CombinedFeedback(fb_cfg("env+sibling")).build(b, Ctx())
+    assert fbs[1].demonstration == "response 0" and fbs[1].text == "verdict 1"
+
+
+def test_hint_source_uses_the_problem_hint():
+    fbs = CombinedFeedback(fb_cfg("hint")).build(batch([0.0] * 4), Ctx())
+    assert all(f.text == "hint 0" for f in fbs)
+
+
+def test_self_critique_sees_the_verdict_never_the_reference():
+    ctx = Ctx()
+    b = batch([1.0, 0.0, 0.0, 1.0])
+    fbs = SelfCritiqueFeedback(fb_cfg("self_critique")).build(b, ctx)
+    assert fbs[0].empty and fbs[3].empty                      # successes are not critiqued
+    assert fbs[1].text == "critique 0" and fbs[2].text == "critique 1"
+    assert len(ctx.critique_prompts) == 2
+    for prompt in ctx.critique_prompts:
+        assert "verdict" in prompt and "REFERENCE" not in prompt and "SECRET" not in prompt
+
+
+def test_noisy_feedback_swaps_in_other_problems():
+    fbs = [Feedback(text=f"about problem {i // 2}") for i in range(8)]
+    assert add_noise(fbs, 2, 0.0, random.Random(0)) == fbs
+    swapped = add_noise(fbs, 2, 1.0, random.Random(0))
+    for i, f in enumerate(swapped):
+        assert f.text != f"about problem {i // 2}"
+    # noisy config draws from the same sources as env+sibling
+    assert list(fb_cfg("noisy").sources) == ["env", "sibling"] and fb_cfg("noisy").p == 0.3
+
+
+def test_cap_text_limits_chars_and_lines():
+    text = "\n".join(["x" * 50] * 30)
+    capped = cap_text(text, max_chars=200, max_lines=3)
+    assert len(capped) <= 200 + len(" [...]") and capped.count("\n") <= 3
