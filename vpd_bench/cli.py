@@ -205,12 +205,15 @@ def cmd_verify(args) -> int:
     except OSError as err:
         raise UserError(f"cannot read completion file {args.completion}: {err.strerror}") from None
     problems = {p.id: p for p in task.train_problems()}
-    problems.update({p.id: p for p in task.eval_problems()})
+    held_out = {p.id: p for p in task.eval_problems()}
+    problems.update(held_out)
     if args.problem not in problems:
         from .registry import suggest
         raise UserError(f"no problem '{args.problem}' in task {args.task}.{suggest(args.problem, problems)}")
-    v = task.verify(problems[args.problem], completion, split=args.split)
-    print(json.dumps({"problem": args.problem, "split": args.split, "reward": v.reward, "status": v.status,
+    # held-out problems are judged with all their tests; training problems with the training-side ones
+    split = args.split or ("eval" if args.problem in held_out else "train")
+    v = task.verify(problems[args.problem], completion, split=split)
+    print(json.dumps({"problem": args.problem, "split": split, "reward": v.reward, "status": v.status,
                       "feedback": v.feedback, "extras": v.extras}, indent=2, default=str))
     return 0
 
@@ -238,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--task", required=True)
     v.add_argument("--problem", required=True)
     v.add_argument("--completion", required=True, help="file with the completion ('-' for stdin)")
-    v.add_argument("--split", default="train", choices=["train", "eval"])
+    v.add_argument("--split", default=None, choices=["train", "eval"],
+                   help="train: training-side tests (what training sees); eval: all tests "
+                        "(default: eval for held-out problems, train otherwise)")
     v.add_argument("overrides", nargs="*")
     return p
 
