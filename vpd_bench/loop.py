@@ -112,7 +112,7 @@ class Trainer:
         ecfg = self.cfg.engine
         if ecfg.name == "hf":
             return HFEngine(self.model, self.tokenizer, bool(ecfg.prompt_sharing), bool(ecfg.drop_finished),
-                            bool(self.cfg.train.bf16_autocast))
+                            bool(self.cfg.train.bf16_autocast), ecfg.get("dtype"))
         if ecfg.name == "vllm":
             from .vllm_engine import VLLMEngine
             return VLLMEngine.from_config(self.cfg, self.model, self.tokenizer)
@@ -467,6 +467,8 @@ class Trainer:
         result = self.result_record("complete")
         if self.dist.is_main:
             write_results(self.store.results_path, result)
+            if int(cfg.train.keep_checkpoints) == 0:      # sweeps that only need the numbers
+                self.store.remove_checkpoints()
         return result
 
     def _log_step(self, m: dict, bar, tb) -> None:

@@ -116,11 +116,14 @@ class RunStore:
         atomic_write_text(self.ckpt_dir / "LATEST", name + "\n")
         # prune: keep the newest `keep` complete checkpoints
         done = sorted(p for p in self.ckpt_dir.glob("step_*") if (p / "meta.json").exists())
-        for old in done[:-max(1, keep)]:
+        for old in done[:-max(1, keep)]:        # keep=0 still keeps the newest until the run completes
             shutil.rmtree(old, ignore_errors=True)
         for stale in self.ckpt_dir.glob(".step_*.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         return final
+
+    def remove_checkpoints(self) -> None:
+        shutil.rmtree(self.ckpt_dir, ignore_errors=True)
 
     def load_checkpoint(self, path: Path) -> dict:
         try:
