@@ -107,6 +107,9 @@ def compose(method: str = "grpo", task: str = "debug", feedback: str | None = No
         except (ConfigCompositionException, HydraException, OmegaConfBaseException) as err:
             raise _explain_override_error(err, base, user) from None
     OmegaConf.set_struct(cfg, True)
+    if model is None and cfg.task.get("default_model") and cfg.model.name != cfg.task.default_model:
+        # a task may name its own default model (cold_start: a base model, not the instruct default)
+        return compose(method, task, feedback, cfg.task.default_model, preset, engine, overrides)
     if cfg.setting not in ("instruct", "cold_start"):
         raise UserError(f"setting must be 'instruct' or 'cold_start', got {cfg.setting!r}")
     return cfg

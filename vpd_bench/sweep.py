@@ -87,7 +87,8 @@ def expand(methods, tasks, feedbacks, seeds, model=None, preset=None, engine=Non
     keys = sorted(grid)
     combos = list(itertools.product(*(grid[k] for k in keys))) if keys else [()]
     specs, seen = [], set()
-    for method, task, fb, seed, combo in itertools.product(methods, tasks, feedbacks or [None], seeds, combos):
+    # seed-major order: a sweep stopped half-way still holds every method at the seeds it reached
+    for seed, task, method, fb, combo in itertools.product(seeds, tasks, methods, feedbacks or [None], combos):
         extra = [f"{k}={v}" for k, v in zip(keys, combo)]
         label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, combo))
         spec = RunSpec(method, task, fb, int(seed), model, preset, engine, list(overrides) + extra, label, out)

@@ -1,0 +1,125 @@
+"""`vpd-bench eval`: score a run's final checkpoint, or any model, on a task's held-out split;
+optionally export the weights and an lm-eval task (local JSONL) to score them with lm-eval offline."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from .config import compose
+from .engine import HFEngine
+from .errors import UserError
+from .evaluation import evaluate_policy
+from .models import load_model
+from .results import atomic_write_text
+from .store import RunStore
+from .teacher_prompt import render_prompt
+
+
+def load_run(run_dir: Path, overrides=()):
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise UserError(f"{run_dir} is not a run folder (no config.yaml)")
+    cfg = OmegaConf.load(cfg_path)
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    loaded = load_model(cfg.model)
+    store = RunStore(run_dir)
+    ckpt = store.latest_checkpoint()
+    if ckpt is None:
+        raise UserError(f"{run_dir} has no checkpoint to evaluate (was it run with train.keep_checkpoints=0?); "
+                        f"its held-out scores over training are in {run_dir / 'eval.jsonl'}")
+    state = store.load_checkpoint(ckpt)
+    model_state = state["model"]
+    if cfg.train.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+        lc = cfg.train.lora
+        target = lc.target_modules if isinstance(lc.target_modules, str) else list(lc.target_modules)
+        loaded.model = get_peft_model(loaded.model, LoraConfig(r=int(lc.r), lora_alpha=int(lc.alpha),
+                                                               lora_dropout=float(lc.dropout), target_modules=target))
+    loaded.model.load_state_dict(model_state)
+    if cfg.train.lora.enabled:
+        loaded.model = loaded.model.merge_and_unload()
+    return cfg, loaded, int(state["step"])
+
+
+def eval_main(args) -> int:
+    from vpd_bench.tasks import build_task
+    if args.run:
+        cfg, loaded, step = load_run(Path(args.run), args.overrides)
+    elif args.model and args.task:
+        cfg = compose(task=args.task, model=args.model, overrides=args.overrides)
+        loaded, step = load_model(cfg.model), 0
+    else:
+        raise UserError("give --run RUN_DIR, or --model NAME and --task TASK")
+    task = build_task(cfg)
+    chat = bool(cfg.model.chat) and cfg.task.prompt_format == "chat" and cfg.setting != "cold_start"
+    tok = loaded.tokenizer
+    loaded.model.eval()
+
+    def encode(text):
+        return tok.encode(render_prompt(tok, text, chat), add_special_tokens=False)
+
+    problems = task.eval_problems()
+    if int(cfg.eval.num_problems) > 0:
+        problems = problems[:int(cfg.eval.num_problems)]
+    engine = HFEngine(loaded.model, tok)
+    with torch.no_grad():
+        metrics = evaluate_policy(engine, encode, task, problems, cfg.eval, seed=int(cfg.seed) * 7_000_003 + 999,
+                                  stop=list(cfg.rollout.stop))
+    report = {"task": cfg.task.name, "model": cfg.model.name, "run": args.run, "checkpoint_step": step,
+              "metrics": metrics}
+    print(json.dumps(report, indent=2))
+    if args.export:
+        export(Path(args.export), cfg, loaded, task, problems, chat)
+    return 0
+
+
+def export(out: Path, cfg, loaded, task, problems, chat: bool) -> None:
+    """Weights (safetensors) + tokenizer + an lm-eval task YAML over a local JSONL of the held-out
+    problems. lm-eval's exact_match suits math / sciqa answers; code is scored by our sandbox."""
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = out / "model"
+    loaded.model.save_pretrained(model_dir)
+    loaded.tokenizer.save_pretrained(model_dir)
+    rows = []
+    for p in problems:
+        text = task.render_prompt(p)
+        rows.append({"id": p.id, "prompt": render_prompt(loaded.tokenizer, text, chat),
+                     "answer": p.answer if isinstance(p.answer, (str, int, float)) else json.dumps(p.answer, default=str)})
+    data = out / "heldout.jsonl"
+    atomic_write_text(data, "".join(json.dumps(r) + "\n" for r in rows))
+    stop = loaded.tokenizer.eos_token or "\n\n"
+    name = f"vpd_bench_{cfg.task.name}"
+    yaml = f"""# lm-eval task over vpd-bench's held-out split of `{cfg.task.name}` (local file, works offline).
+# Run: lm_eval --model hf --model_args pretrained={model_dir.resolve()} --include_path {out.resolve()} --tasks {name}
+task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data.resolve()}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: [{json.dumps(stop)}]
+  max_gen_toks: {int(cfg.eval.max_new_tokens)}
+  do_sample: false
+filter_list:
+  - name: boxed
+    filter:
+      - function: regex
+        regex_pattern: "\\\\\\\\boxed\\\\{{([^}}]*)\\\\}}"
+      - function: take_first
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+    ignore_case: true
+    ignore_punctuation: true
+"""
+    atomic_write_text(out / f"{name}.yaml", yaml)
+    print(f"exported {model_dir} and {out / (name + '.yaml')} ({len(rows)} held-out problems)")
