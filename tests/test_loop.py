@@ -132,3 +132,12 @@ def test_sweep_expands_and_skips_completed_runs(tmp_path, capsys):
     stamp = (tmp_path / dirs[0] / "metrics.jsonl").stat().st_mtime_ns
     assert run_cli(*args) == 0
     assert (tmp_path / dirs[0] / "metrics.jsonl").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("feedback", ["env", "sibling", "hint", "self_critique", "noisy", "env+sibling"])
+def test_every_feedback_source_runs(tmp_path, feedback):
+    assert run_cli("--methods", "sdpo", "--feedback", feedback, "--steps", "2", "--out", str(tmp_path),
+                   "eval.samples=0", "eval.greedy=false", "train.group_size=2", "feedback.max_chars=200") == 0
+    d = the_run(tmp_path, "sdpo", feedback)
+    res = json.loads((d / "results.json").read_text())
+    assert res["run"]["feedback"] == feedback and res["config"]["feedback"]["name"] == feedback

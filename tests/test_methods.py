@@ -189,3 +189,52 @@ def test_micro_batching_does_not_change_the_gradient(make_trainer, monkeypatch):
         grads.append(torch.cat([p.grad.flatten() for p in t.model.parameters()]))
     assert grads[0].abs().max() > 0
     assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-7)
+
+
+def test_lora_teachers_hold_adapter_copies_only(make_trainer):
+    """Under LoRA, EMA keeps a copy of the adapter weights only and frozen is the base model with the
+    adapter switched off (no copy); a step runs and moves only adapter weights."""
+    t = make_trainer("sdpo", overrides=["train.lora.enabled=true", "train.lora.r=4", "train.lr=1e-2"])
+    assert t.teacher.copy is None and t.teacher.adapter
+    assert all("lora_" in n for n in t.teacher.adapter)
+    base_before = {n: p.detach().clone() for n, p in t.model.named_parameters() if "lora_" not in n}
+    step_on(t, toy_batch(t))
+    for n, p in t.model.named_parameters():
+        if "lora_" not in n:
+            assert torch.equal(p, base_before[n]), n
+    frozen = make_trainer("opsd", overrides=["train.lora.enabled=true", "train.lora.r=4"])
+    assert frozen.teacher.extra_copies == 0 and frozen.teacher.copy is None
+    step_on(frozen, toy_batch(frozen))
+
+
+@pytest.mark.parametrize("support,alpha", [("full", 0.0), ("sampled", 1.0), ("topk", 0.5)])
+def test_every_divergence_support_trains(make_trainer, support, alpha):
+    t = make_trainer("sdpo", overrides=[f"method.support={support}", f"method.alpha={alpha}", "method.teacher=live"])
+    m = step_on(t, toy_batch(t))
+    assert m["loss"] == m["loss"] and m["grad_norm"] > 0 and m["divergence"] is not None
+
+
+def test_sampled_support_rejects_forward_kl(make_trainer):
+    t = make_trainer("sdpo", overrides=["method.support=sampled", "method.alpha=0.0"])
+    with pytest.raises(ValueError, match="reverse KL"):
+        step_on(t, toy_batch(t))
+
+
+def test_trust_region_teacher_mixes_frozen_and_live_logits(make_trainer):
+    t = make_trainer("sdpo", overrides=["method.teacher=trust_region", "method.teacher_tau=0.25", "train.lr=1e-2"])
+    step_on(t, toy_batch(t))                      # the live weights move away from the frozen copy
+    from vpd_bench.scoring import pack, response_logits
+    packed = pack([[1, 2, 3]], [[4, 5]], t.pad_id)
+    with torch.no_grad():
+        mixed = t.teacher.logits(packed, 1.0, False)
+        frozen = response_logits(t.teacher.copy, packed)
+        live = response_logits(t.model, packed)
+    assert torch.allclose(mixed, 0.75 * frozen + 0.25 * live, atol=1e-5)
+    assert not torch.allclose(frozen, live)
+
+
+def test_grpo_with_kl_penalty_and_several_ppo_epochs(make_trainer):
+    t = make_trainer("grpo", overrides=["method.kl_coef=0.1", "method.ppo_epochs=2", "train.lr=1e-2"])
+    assert t.reference is not None
+    m = step_on(t, toy_batch(t))
+    assert m["clip_frac"] is not None and m["loss"] == m["loss"]

@@ -44,6 +44,12 @@ class MicroBatch:
 
     def student_logits(self) -> torch.Tensor:
         if "s" not in self._cache:
+            # the teacher runs first: a LoRA EMA teacher swaps adapter weights in place, which
+            # must not happen while the student's graph holds them
+            if self.teacher_logits_fn is not None:
+                self.teacher_logits()
+            if self.reference_logits_fn is not None:
+                self.reference_logits()
             self._cache["s"] = self.student_logits_fn()
         return self._cache["s"]
 

@@ -53,11 +53,14 @@ def load_model(mcfg) -> LoadedModel:
         loaded = build_tiny_random(mcfg)
     elif provider == "package_gguf":
         loaded = load_package_gguf(mcfg)
+    elif provider == "config":
+        from .model_from_config import build_from_config
+        loaded = build_from_config(mcfg)
     elif provider == "hf":
         loaded = load_hf(mcfg.path, revision=mcfg.get("revision"), dtype=mcfg.dtype,
                          trust_remote_code=mcfg.get("trust_remote_code", False))
     else:
-        raise UserError(f"unknown model provider '{provider}' (tiny_random, package_gguf, hf)")
+        raise UserError(f"unknown model provider '{provider}' (tiny_random, config, package_gguf, hf)")
     tok = loaded.tokenizer
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
