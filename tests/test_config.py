@@ -103,3 +103,45 @@ def test_methods_and_tasks_install_under_the_vpd_bench_namespace(tmp_path):
            "u.find_spec('vpd_bench.methods') is not None, u.find_spec('vpd_bench.tasks') is not None)"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["None", "None", "True", "True"]
+
+
+def test_wheel_installs_methods_and_tasks_under_vpd_bench(tmp_path):
+    """A wheel holds vpd_bench/methods, vpd_bench/tasks, the configs and fixtures, and no top-level
+    `methods` or `tasks` package."""
+    import zipfile
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(root)], check=True, capture_output=True, timeout=300)
+    wheel = next(tmp_path.glob("vpd_bench-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for must in ["vpd_bench/methods/vpd.py", "vpd_bench/tasks/code.py", "vpd_bench/conf/config.yaml",
+                 "vpd_bench/conf/method/vpd.yaml", "vpd_bench/tasks/fixtures/code/mbpp.jsonl",
+                 "vpd_bench/tasks/fixtures/math/gsm8k.jsonl"]:
+        assert must in names, must
+    assert not any(n.startswith(("methods/", "tasks/")) for n in names)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_completes(tmp_path):
+    import json
+    import signal
+    import time
+    out = tmp_path / "I"
+    args = ["run", "--methods", "grpo", "--task", "debug", "--model", "tiny-random", "--out", str(out),
+            "train.checkpoint_every=1000", "rollout.max_new_tokens=24", "eval.samples=0", "eval.greedy=false"]
+    proc = subprocess.Popen([sys.executable, "-m", "vpd_bench", *args, "--steps", "200"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = out / "debug" / "grpo" / "none" / "seed0"
+    deadline = time.time() + 90
+    while time.time() < deadline and not ((run / "metrics.jsonl").exists() and
+                                          len((run / "metrics.jsonl").read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    done = len((run / "metrics.jsonl").read_text().splitlines())
+    assert (run / "checkpoints" / "LATEST").read_text().strip() == f"step_{done:06d}"
+    assert json.loads((run / "results.json").read_text())["status"] == "partial"
+    assert main([*args, "--steps", str(done + 2), "--resume"]) == 0
+    assert json.loads((run / "results.json").read_text())["steps_completed"] == done + 2
