@@ -2,7 +2,9 @@
 
 Sequences are laid out as [left pad | prompt | response | right pad] so every row's response
 starts at the same column; the LM head runs only on the response positions
-(``logits_to_keep``), which matters for long teacher prompts.
+(``logits_to_keep``), which matters for long teacher prompts. Rows that share a prompt (the G
+samples of a group) run that prompt once: its KV cache, gradients included, is expanded to the
+rows, and only the responses run per row.
 """
 from __future__ import annotations
 
@@ -48,25 +50,120 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int, devi
     return packed
 
 
-def _accepts_logits_to_keep(model) -> bool:
+def _forward_params(model) -> dict:
+    """The keyword parameters of the model's forward (through a PEFT wrapper, whose own forward
+    only takes ``**kwargs``)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
+        return dict(inspect.signature(inner.forward).parameters)
     except (TypeError, ValueError):
-        return False
+        return {}
 
 
-def response_logits(model, packed: Packed, temperature: float = 1.0, bf16_autocast: bool = False) -> torch.Tensor:
-    """Logits that predict each response token: [n, R, V] in float32, divided by temperature."""
+def _accepts_logits_to_keep(model) -> bool:
+    return "logits_to_keep" in _forward_params(model)
+
+
+def _shared_prompts(packed: Packed):
+    """(representative row of each distinct prompt, row -> distinct prompt) when some rows share
+    their whole prompt region, else None."""
+    n, P = packed.input_ids.shape[0], packed.prompt_width
+    if n < 2 or P < 2:
+        return None
+    key = torch.cat([packed.input_ids[:, :P], packed.attention_mask[:, :P]], dim=1)
+    uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if uniq.shape[0] == n:
+        return None
+    rep = torch.empty(uniq.shape[0], dtype=torch.long, device=inverse.device)
+    rep.scatter_(0, inverse, torch.arange(n, device=inverse.device))
+    return rep, inverse
+
+
+def _cache_of(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def _expand_cache(cache, index: torch.Tensor) -> None:
+    """Rows of a KV cache -> ``index`` rows. ``index_select`` rather than the cache's own
+    ``batch_select_indices`` (advanced indexing): the latter's backward accumulates with atomic adds
+    across threads, so gradients would change in the last bits from run to run."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:        # older transformers: no per-layer cache objects
+        DynamicLayer = None
+    layers = getattr(cache, "layers", None)
+    if DynamicLayer is not None and layers and all(type(layer) is DynamicLayer for layer in layers):
+        for layer in layers:
+            if torch.is_tensor(layer.keys) and layer.keys.numel():
+                layer.keys = layer.keys.index_select(0, index)
+                layer.values = layer.values.index_select(0, index)
+    else:
+        cache.batch_select_indices(index)
+
+
+def _token_inputs(model, ids: torch.Tensor) -> dict:
+    """``input_ids``, or, when training a model whose input embedding is tied to its LM head,
+    ``inputs_embeds`` looked up with a sparse gradient. The dense embedding backward builds a
+    zeroed [V, H] tensor per forward call and adds it to the LM head's [V, H] gradient (on CPU
+    about 15% of a small model's update); the sparse one adds only the rows of the tokens used.
+    The tied LM head always contributes a dense gradient in the same backward, so ``.grad``
+    stays dense and the optimizer never sees a sparse tensor."""
+    if not torch.is_grad_enabled():
+        return {"input_ids": ids}
+    try:
+        emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return {"input_ids": ids}
+    if (type(emb) is not torch.nn.Embedding or head is None or getattr(head, "weight", None) is not emb.weight
+            or not emb.weight.requires_grad or emb.max_norm is not None or emb.scale_grad_by_freq):
+        return {"input_ids": ids}
+    return {"inputs_embeds": torch.nn.functional.embedding(ids, emb.weight, emb.padding_idx, sparse=True)}
+
+
+def _shared_prompt_logits(model, packed: Packed, rep: torch.Tensor, inverse: torch.Tensor, cache_kw: str):
+    """Response logits with each distinct prompt run once: the prompt pass (with grad, when grad
+    is on) yields the first response token's logits and a KV cache, which is expanded to the rows
+    and extended by the responses (all but the last token, whose prediction nobody needs)."""
+    P, R = packed.prompt_width, packed.response_ids.shape[1]
+    out = model(**_token_inputs(model, packed.input_ids[rep, :P]), attention_mask=packed.attention_mask[rep, :P],
+                position_ids=packed.position_ids[rep, :P], use_cache=True, logits_to_keep=1)
+    first = out.logits[:, -1:].index_select(0, inverse)
+    if R == 1:
+        return first
+    cache = _cache_of(out)
+    _expand_cache(cache, inverse)
+    out = model(**_token_inputs(model, packed.input_ids[:, P:P + R - 1]),
+                attention_mask=packed.attention_mask[:, :P + R - 1],
+                position_ids=packed.position_ids[:, P:P + R - 1], use_cache=True, logits_to_keep=R - 1,
+                **{cache_kw: cache})
+    return torch.cat([first, out.logits[:, -(R - 1):]], dim=1)
+
+
+def response_logits(model, packed: Packed, temperature: float = 1.0, bf16_autocast: bool = False,
+                    share_prompts: bool = True) -> torch.Tensor:
+    """Logits that predict each response token: [n, R, V] in float32, divided by temperature.
+
+    ``share_prompts``: rows with an identical prompt (the G samples of a group) run it once and
+    share its KV cache; same logits up to float rounding, fewer tokens through the model."""
     R = packed.response_ids.shape[1]
-    kwargs = dict(input_ids=packed.input_ids, attention_mask=packed.attention_mask,
-                  position_ids=packed.position_ids, use_cache=False)
-    if _accepts_logits_to_keep(model):
-        kwargs["logits_to_keep"] = R + 1
+    params = _forward_params(model)
+    keep = "logits_to_keep" in params
     device_type = packed.input_ids.device.type
     ctx = torch.autocast(device_type, dtype=torch.bfloat16) if bf16_autocast else nullcontext()
-    with ctx:
-        logits = model(**kwargs).logits
-    logits = logits[:, -(R + 1):-1].float()
+    shared = _shared_prompts(packed) if share_prompts and keep else None
+    if shared is not None:
+        cache_kw = "cache" if "cache" in params else "past_key_values"
+        with ctx:
+            logits = _shared_prompt_logits(model, packed, *shared, cache_kw).float()
+    else:
+        kwargs = dict(**_token_inputs(model, packed.input_ids), attention_mask=packed.attention_mask,
+                      position_ids=packed.position_ids, use_cache=False)
+        if keep:
+            kwargs["logits_to_keep"] = R + 1
+        with ctx:
+            logits = model(**kwargs).logits
+        logits = logits[:, -(R + 1):-1].float()
     if temperature != 1.0:
         logits = logits / temperature
     return logits

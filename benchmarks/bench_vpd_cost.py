@@ -1,0 +1,123 @@
+"""VPD's cost against GRPO: mean iteration time over F iterations (the E-step included) and peak RSS.
+
+Every measurement runs in its own subprocess (so that peak RSS belongs to one method), and the
+subprocesses alternate GRPO, VPD, GRPO, VPD, ... Each child builds a Trainer on the debug task
+with the offline default model, runs one warm-up iteration, then F timed iterations; with
+``estep_every = F`` and the default ``estep_buffer: window`` the timed window holds exactly one
+E-step over a full buffer (the rollouts of the last F iterations), i.e. the amortised cost a
+long run pays. Generation is fixed-length (EOS ignored) so both methods do the same work.
+
+    python benchmarks/bench_vpd_cost.py [--quick] [--threads N] [--repeats R] [--F 5]
+
+Targets: time ratio <= 1.3 (the paper reports 1.3-1.55x), peak RSS ratio <= 1.05.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+
+def child(args) -> None:
+    C.setup_threads(args.threads)
+    C.quiet()
+    import torch
+    if args.estep_split > 1:      # what-if: E-step micro-batches of micro_batch_size / estep_split sequences
+        import vpd_bench.methods.vpd as vpd_module
+        from vpd_bench.scoring import micro_batches
+        vpd_module.micro_batches = lambda idx, size: micro_batches(idx, max(1, int(size) // args.estep_split))
+    t = C.trainer(args.child, overrides(args), model=args.model)
+    times, parts = [], []
+    for step in range(1, args.F + 2):
+        m = t.train_step(step)
+        if step > 1:     # step 1 is the warm-up (optimizer state allocation, first-touch pages)
+            times.append(m["step_time_s"])
+            parts.append({k: m.get(k) for k in ("generate_s", "update_s", "teacher_update_s", "estep_size")})
+    out = {"method": args.child, "iter_times": times, "mean_iter_s": sum(times) / len(times), "parts": parts,
+           "peak_rss_mb": C.peak_rss_mb(), "threads": torch.get_num_threads()}
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def overrides(args) -> list[str]:
+    ov = [f"train.prompts_per_step={args.B}", f"train.group_size={args.G}",
+          f"rollout.max_new_tokens={args.tokens}", f"train.micro_batch_size={args.G}",
+          f"train.steps={args.F + 1}"]
+    if args.child == "vpd":
+        ov.append(f"method.estep_every={args.F}")
+        ov += args.vpd_override
+    return ov
+
+
+def run_child(method: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", method, "--threads", str(args.threads), "--F", str(args.F),
+           "--estep-split", str(args.estep_split), *[f"--vpd-override={o}" for o in args.vpd_override],
+           "--B", str(args.B), "--G", str(args.G), "--tokens", str(args.tokens), "--model", args.model]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"{method} child failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def main() -> None:
+    p = C.parser(__doc__.splitlines()[0])
+    p.add_argument("--child", default=None, help=argparse_hidden())
+    p.add_argument("--F", type=int, default=None, help="iterations per E-step (method.estep_every); default 5, quick 2")
+    p.add_argument("--B", type=int, default=2)
+    p.add_argument("--G", type=int, default=4)
+    p.add_argument("--tokens", type=int, default=None, help="new tokens per response; default 48, quick 32")
+    p.add_argument("--vpd-override", action="append", default=[],
+                   help="extra config override for the VPD runs only (repeatable), e.g. method.estep_buffer=current")
+    p.add_argument("--estep-split", type=int, default=1,
+                   help="what-if: split VPD's E-step micro-batches N ways (teacher prompts are ~2x the student's "
+                        "sequence length, so 2 gives the E-step the M-step's tokens per micro-batch)")
+    args = p.parse_args()
+    args.F = args.F or (2 if args.quick else 5)
+    args.tokens = args.tokens or (32 if args.quick else 48)
+    if args.child:
+        return child(args)
+    C.require("psutil")
+    repeats = args.repeats or (1 if args.quick else 3)
+    runs = {"grpo": [], "vpd": []}
+    for r in range(repeats):
+        for method in ("grpo", "vpd"):
+            res = run_child(method, args)
+            runs[method].append(res)
+            print(f"repeat {r + 1}/{repeats} {method:4s}: mean iteration {res['mean_iter_s']:.2f} s "
+                  f"(iterations {', '.join(f'{x:.2f}' for x in res['iter_times'])}), "
+                  f"peak RSS {res['peak_rss_mb']:.0f} MiB", flush=True)
+    t = {m: C.median([x["mean_iter_s"] for x in v]) for m, v in runs.items()}
+    rss = {m: C.median([x["peak_rss_mb"] for x in v]) for m, v in runs.items()}
+    # per-repeat ratios too: each pair ran back to back, so its ratio shares the machine's state
+    pair = [v["mean_iter_s"] / g["mean_iter_s"] for g, v in zip(runs["grpo"], runs["vpd"])]
+    time_ratio, rss_ratio = t["vpd"] / t["grpo"], rss["vpd"] / rss["grpo"]
+    vpd_parts = runs["vpd"][-1]["parts"]
+    estep = max((x["teacher_update_s"] or 0.0) for x in vpd_parts)
+    whatif = args.estep_split > 1 or args.vpd_override
+    C.save("vpd_cost" + ("_whatif" if whatif else ""), {
+        "settings": {"F": args.F, "B": args.B, "G": args.G, "tokens": args.tokens, "quick": args.quick,
+                     "repeats": repeats, "estep_split": args.estep_split, "vpd_override": args.vpd_override},
+        "machine": C.machine(), "runs": runs, "median_iter_s": t, "median_peak_rss_mb": rss,
+        "time_ratio": time_ratio, "pair_ratios": pair, "rss_ratio": rss_ratio})
+    print(f"settings: B={args.B} G={args.G} tokens={args.tokens} F={args.F}, {repeats} interleaved repeat(s), "
+          f"{runs['grpo'][0]['threads']} thread(s)"
+          + (f", what-if: E-step micro-batches split {args.estep_split} ways" if args.estep_split > 1 else "")
+          + (f", VPD overrides {' '.join(args.vpd_override)}" if args.vpd_override else ""))
+    print(f"GRPO mean iteration {t['grpo']:.2f} s, VPD {t['vpd']:.2f} s (VPD's E-step alone: {estep:.2f} s, "
+          f"once per {args.F} iterations); per-repeat ratios {', '.join(f'{x:.2f}' for x in pair)}")
+    print(f"peak RSS: GRPO {rss['grpo']:.0f} MiB, VPD {rss['vpd']:.0f} MiB")
+    print(C.result_line("vpd_peak_rss_vs_grpo", rss_ratio, "<= 1.05"))
+    print(C.result_line("vpd_iteration_time_vs_grpo", time_ratio, "<= 1.3"))
+
+
+def argparse_hidden():
+    import argparse
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    main()
