@@ -24,7 +24,6 @@ import torch
 
 from vpd_bench import losses as L
 from vpd_bench.method import register_method
-from vpd_bench.scoring import micro_batches
 
 from .sdpo import SDPO
 
@@ -71,7 +70,7 @@ class VPD(SDPO):
                                               f"({'successes' if n_failure == 0 else 'failures'}): using that term alone")
         t = self.trainer
         beta, norm = float(self.mcfg.beta), self.mcfg.length_norm
-        mbs = micro_batches(list(range(len(items))), t.cfg.train.micro_batch_size)
+        mbs = self._token_budget_batches(items, int(t.cfg.train.micro_batch_size))
         # log pi_prior(y|x) with the weights as they are now, before any E-step update
         prior_model = self.initial_prior if self.initial_prior is not None else t.model
         with torch.no_grad():
@@ -96,6 +95,23 @@ class VPD(SDPO):
         self.delta = L.update_running_delta(self.delta, float(rho_all.mean()), float(self.mcfg.delta_momentum))
         return {"estep_loss": total / int(self.mcfg.estep_epochs), "delta": self.delta,
                 "estep_size": len(items), "estep_success_frac": n_success / len(items)}
+
+    @staticmethod
+    def _token_budget_batches(items, micro_batch_size: int) -> list[list[int]]:
+        """E-step micro-batches holding no more padded tokens than an M-step micro-batch of the
+        same responses: teacher prompts are longer than student prompts, so a plain count of
+        rows would raise peak memory above the M-step's (benchmarks/README.md)."""
+        student_len = max(len(it["prompt"]) + len(it["response"]) for it in items)
+        budget = micro_batch_size * student_len
+        batches, current, widest = [], [], 0
+        for i, it in enumerate(items):
+            width = len(it["teacher_prompt"]) + len(it["response"])
+            if current and (len(current) + 1) * max(widest, width) > budget:
+                batches.append(current)
+                current, widest = [], 0
+            current.append(i)
+            widest = max(widest, width)
+        return batches + [current] if current else batches
 
     @staticmethod
     def _bco_share(rho, success, delta, n_success, n_failure):

@@ -238,3 +238,14 @@ def test_grpo_with_kl_penalty_and_several_ppo_epochs(make_trainer):
     assert t.reference is not None
     m = step_on(t, toy_batch(t))
     assert m["clip_frac"] is not None and m["loss"] == m["loss"]
+
+
+def test_estep_batches_respect_the_m_step_token_budget():
+    from vpd_bench.methods.vpd import VPD
+    items = [{"prompt": [0] * 10, "response": [0] * 10, "teacher_prompt": [0] * n} for n in (30, 30, 5, 70, 10)]
+    batches = VPD._token_budget_batches(items, micro_batch_size=4)      # budget 4 * 20 = 80 padded tokens
+    assert sorted(i for b in batches for i in b) == [0, 1, 2, 3, 4]
+    for b in batches:
+        widest = max(len(items[i]["teacher_prompt"]) + len(items[i]["response"]) for i in b)
+        assert len(b) == 1 or len(b) * widest <= 80
+    assert batches == [[0, 1], [2], [3], [4]]
