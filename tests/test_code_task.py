@@ -19,16 +19,15 @@ from vpd_bench.tasks import code as code_module
 from vpd_bench.tasks.code import (CodeTask, assemble, decode_private_tests, extract_code, read_jsonl,
                                   verify_completion)
 
+from _task_config import task_cfg  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "vpd_bench" / "conf" / "task" / "code.yaml"
 FIXTURES = ROOT / "tasks" / "fixtures" / "code"
 
 
 def make_cfg(setting="instruct", **fields):
-    task = OmegaConf.load(CONF)
-    for key, value in fields.items():
-        OmegaConf.update(task, key, value, merge=False)
-    return OmegaConf.create({"seed": 0, "setting": setting, "task": task})
+    return task_cfg(CONF, setting, **fields)
 
 
 @pytest.fixture(scope="module")

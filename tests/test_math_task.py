@@ -17,16 +17,15 @@ from vpd_bench.tasks.answers import (answers_equal, extract_answer, last_boxed, 
 from vpd_bench.tasks.math import (FORMAT_FEEDBACK, PASS_FEEDBACK, MathTask, dapo_question,
                                   wrong_answer_feedback)
 
+from _task_config import task_cfg  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "vpd_bench" / "conf" / "task" / "math.yaml"
 FIXTURES = ROOT / "tasks" / "fixtures" / "math"
 
 
 def make_cfg(setting="instruct", **fields):
-    task = OmegaConf.load(CONF)
-    for key, value in fields.items():
-        OmegaConf.update(task, key, value, merge=False)
-    return OmegaConf.create({"seed": 0, "setting": setting, "task": task})
+    return task_cfg(CONF, setting, **fields)
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,15 @@ from vpd_bench.tasks.answers import question_key
 from vpd_bench.tasks.sciqa import (CALC_KINDS, SCIENCE_SUBJECTS, UNITS, SciQATask, extract_choice,
                                    format_value, lookup_unit, parse_mmlu, parse_quantity)
 
+from _task_config import task_cfg  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "vpd_bench" / "conf" / "task" / "sciqa.yaml"
 FIXTURE = ROOT / "tasks" / "fixtures" / "sciqa" / "sciknoweval_l3.jsonl"
 
 
 def make_cfg(setting="instruct", **fields):
-    task = OmegaConf.load(CONF)
-    for key, value in fields.items():
-        OmegaConf.update(task, key, value, merge=False)
-    return OmegaConf.create({"seed": 0, "setting": setting, "task": task})
+    return task_cfg(CONF, setting, **fields)
 
 
 @pytest.fixture(scope="module")
