@@ -11,7 +11,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from vpd_bench.errors import UserError
 from vpd_bench.tasks import build_task

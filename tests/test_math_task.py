@@ -8,7 +8,6 @@ import types
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from vpd_bench.errors import UserError
 from vpd_bench.tasks import answers
