@@ -70,31 +70,42 @@ class VPD(SDPO):
                                               f"({'successes' if n_failure == 0 else 'failures'}): using that term alone")
         t = self.trainer
         beta, norm = float(self.mcfg.beta), self.mcfg.length_norm
-        mbs = self._token_budget_batches(items, int(t.cfg.train.micro_batch_size))
+        mbs = self._estep_micro_batches(items)
         # log pi_prior(y|x) with the weights as they are now, before any E-step update
         prior_model = self.initial_prior if self.initial_prior is not None else t.model
         with torch.no_grad():
-            prior = torch.cat([t.sequence_log_probs(prior_model, [items[i]["prompt"] for i in mb],
-                                                    [items[i]["response"] for i in mb], norm) for mb in mbs])
+            priors = [t.sequence_log_probs(prior_model, [items[i]["prompt"] for i in mb],
+                                           [items[i]["response"] for i in mb], norm) for mb in mbs]
         delta = 0.0 if self.delta is None else self.delta
-        total, rhos = 0.0, []
+        total, rho_sum, rho_n = 0.0, 0.0, 0
+        epochs = int(self.mcfg.estep_epochs)
         with t.learning_rate(self.mcfg.estep_lr):
-            for _ in range(int(self.mcfg.estep_epochs)):
+            for _ in range(epochs):
                 t.optimizer.zero_grad(set_to_none=True)
-                for mb in mbs:
+                for mb, prior in zip(mbs, priors):
                     teacher = t.sequence_log_probs(t.model, [items[i]["teacher_prompt"] for i in mb],
                                                    [items[i]["response"] for i in mb], norm)
-                    rho = L.implicit_reward(teacher, prior[mb], beta)
+                    rho = L.implicit_reward(teacher, prior, beta)
                     success = torch.tensor([items[i]["success"] for i in mb])
                     loss = self._bco_share(rho, success, delta, n_success, n_failure)
                     loss.backward()
                     total += float(loss.detach())
-                    rhos.append(rho.detach())
+                    rho_sum += float(rho.detach().double().sum())
+                    rho_n += len(mb)
                 t.optimizer_step()
-        rho_all = torch.cat(rhos)
-        self.delta = L.update_running_delta(self.delta, float(rho_all.mean()), float(self.mcfg.delta_momentum))
-        return {"estep_loss": total / int(self.mcfg.estep_epochs), "delta": self.delta,
+        rho_sum, rho_n = self._global_sum([rho_sum, float(rho_n)])
+        self.delta = L.update_running_delta(self.delta, rho_sum / max(rho_n, 1.0), float(self.mcfg.delta_momentum))
+        return {"estep_loss": total / epochs, "delta": self.delta,
                 "estep_size": len(items), "estep_success_frac": n_success / len(items)}
+
+    # Two hooks that multi-process training replaces (vpd_bench/distributed.py): which E-step
+    # micro-batches this process runs, and summing a statistic over processes.
+    def _estep_micro_batches(self, items) -> list[list[int]]:
+        return self._token_budget_batches(items, int(self.trainer.cfg.train.micro_batch_size))
+
+    @staticmethod
+    def _global_sum(values: list[float]) -> list[float]:
+        return values
 
     @staticmethod
     def _token_budget_batches(items, micro_batch_size: int) -> list[list[int]]:

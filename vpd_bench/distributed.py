@@ -261,55 +261,17 @@ def _adapt_vpd(method, ctx: DistContext) -> None:
         method.buffer[-1:] = [[it for part in ctx.gather_objects(mine) for it in part]]
 
     method._remember = gathered_remember
-    method.e_step = lambda: _sharded_e_step(method, ctx)
+    all_batches = method._estep_micro_batches
 
+    def my_batches(items):
+        """The global buffer's micro-batches, split across ranks (class counts stay global and
+        gradients are summed by ``optimizer_step``)."""
+        batches = all_batches(items)
+        lo, hi = ctx.bounds(len(batches))
+        return batches[lo:hi]
 
-def _sharded_e_step(method, ctx: DistContext) -> dict:
-    """``VPD.e_step`` over a global buffer whose micro-batches are split across ranks. Class
-    counts are global (the buffer is), gradients are summed by ``optimizer_step``, and the
-    implicit-reward mean that moves ``delta`` is all-reduced."""
-    from . import losses as L
-    from .scoring import micro_batches
-
-    items = [it for its in method.buffer for it in its]
-    n_success = sum(it["success"] for it in items)
-    n_failure = len(items) - n_success
-    if not items:
-        method.warn_once("estep-empty", "E-step buffer is empty (no response had feedback): E-step skipped")
-        return {"estep_loss": None, "delta": method.delta, "estep_size": 0}
-    if n_success == 0 or n_failure == 0:
-        method.warn_once("estep-one-class", "E-step buffer holds only one class "
-                                            f"({'successes' if n_failure == 0 else 'failures'}): using that term alone")
-    t = method.trainer
-    beta, norm = float(method.mcfg.beta), method.mcfg.length_norm
-    lo, hi = ctx.bounds(len(items))
-    mbs = micro_batches(list(range(lo, hi)), t.cfg.train.micro_batch_size)
-    prior_model = method.initial_prior if method.initial_prior is not None else t.model
-    with torch.no_grad():
-        parts = [t.sequence_log_probs(prior_model, [items[i]["prompt"] for i in mb],
-                                      [items[i]["response"] for i in mb], norm) for mb in mbs]
-    prior = torch.cat(parts) if parts else None
-    delta = 0.0 if method.delta is None else method.delta
-    total, rho_sum, rho_n = 0.0, 0.0, 0
-    epochs = int(method.mcfg.estep_epochs)
-    with t.learning_rate(method.mcfg.estep_lr):
-        for _ in range(epochs):
-            t.optimizer.zero_grad(set_to_none=True)
-            for mb in mbs:
-                teacher = t.sequence_log_probs(t.model, [items[i]["teacher_prompt"] for i in mb],
-                                               [items[i]["response"] for i in mb], norm)
-                rho = L.implicit_reward(teacher, prior[[i - lo for i in mb]], beta)
-                success = torch.tensor([items[i]["success"] for i in mb])
-                loss = method._bco_share(rho, success, delta, n_success, n_failure)
-                loss.backward()
-                total += float(loss.detach())
-                rho_sum += float(rho.detach().double().sum())
-                rho_n += len(mb)
-            t.optimizer_step()
-    rho_sum, rho_n = ctx.sum_floats([rho_sum, float(rho_n)])
-    method.delta = L.update_running_delta(method.delta, rho_sum / max(rho_n, 1.0), float(method.mcfg.delta_momentum))
-    return {"estep_loss": total / epochs, "delta": method.delta,
-            "estep_size": len(items), "estep_success_frac": n_success / len(items)}
+    method._estep_micro_batches = my_batches
+    method._global_sum = ctx.sum_floats      # the implicit-reward mean that moves delta
 
 
 # -- the process-wide context ------------------------------------------------------------------------------
