@@ -12,7 +12,8 @@ E-step (every F iterations): the teacher learns to read feedback. Each response 
 feedback, so there are no chosen/rejected pairs; an unpaired preference loss (BCO) is used:
     rho_i = beta * ( log q(y_i | x, C_i)  -  sg[ log pi_prior(y_i | x) ] )
     L_E   = - mean_success log sigmoid(rho_i - delta) - mean_failure log sigmoid(-(rho_i - delta))
-with delta a detached running mean of the batch-mean implicit reward. The prior is the current
+with delta a detached running mean of the batch-mean implicit reward, updated with the E-step's
+own batch before the loss is computed (as BCO does). The prior is the current
 student, scored with the weights as they are when the E-step starts (the adaptive trust region:
 the teacher moves only within reach of the student); ``prior: initial`` is the ablation.
 """
@@ -23,18 +24,28 @@ import copy
 import torch
 
 from vpd_bench import losses as L
+from vpd_bench.errors import UserError
 from vpd_bench.method import register_method
 
 from .sdpo import SDPO
+
+
+# M-step teachers VPD accepts: the E-step must reach the weights the M-step teacher reads
+MSTEP_TEACHERS = ("trained", "live", "ema", "trust_region")
 
 
 @register_method("vpd")
 class VPD(SDPO):
     def __init__(self, cfg, trainer):
         super().__init__(cfg, trainer)
-        self.delta: float | None = None     # BCO shift; starts at 0 for the first E-step
+        self.delta: float | None = None     # BCO shift; the first E-step sets it to its own batch mean
         self.buffer: list[list[dict]] = []  # one list of E-step items per recent iteration
         self.initial_prior = None
+        if self.mcfg.teacher not in MSTEP_TEACHERS:
+            raise UserError(f"method.teacher={self.mcfg.teacher} cannot be VPD's M-step teacher: the E-step trains "
+                            f"the shared weights, which a frozen copy never reads. Use one of "
+                            f"{', '.join(MSTEP_TEACHERS)} (trained = the live shared weights, the method as published; "
+                            f"ema = a slow copy that follows them, an ablation)")
         if self.mcfg.prior == "initial":    # the fixed-reference ablation keeps one frozen copy
             self.initial_prior = copy.deepcopy(trainer.model).eval().requires_grad_(False)
         elif self.mcfg.prior != "student":
@@ -44,9 +55,11 @@ class VPD(SDPO):
 
     def after_update(self, batch, step):
         self._remember(batch)
-        if step % int(self.mcfg.estep_every) != 0:
-            return {}
-        return self.e_step()
+        out = self.e_step() if step % int(self.mcfg.estep_every) == 0 else {}
+        # a teacher that keeps its own weights (ema) follows the shared ones, E-step included;
+        # for the published method (trained: the live weights) this does nothing
+        self.trainer.teacher.after_step()
+        return out
 
     def _remember(self, batch):
         """E-step buffer: responses that have a teacher prompt (feedback), with their outcome."""
@@ -57,6 +70,12 @@ class VPD(SDPO):
                  if bool(batch.teacher_mask[i]) and batch.response_ids[i]]
         window = int(self.mcfg.estep_every) if self.mcfg.estep_buffer == "window" else 1
         self.buffer = (self.buffer + [items])[-window:]
+
+    def _teacher_log_probs(self, items, mb, norm):
+        """log q(y | x, C) per response of one E-step micro-batch; grad follows the caller."""
+        t = self.trainer
+        return t.sequence_log_probs(t.model, [items[i]["teacher_prompt"] for i in mb],
+                                    [items[i]["response"] for i in mb], norm)
 
     def e_step(self) -> dict:
         items = [it for its in self.buffer for it in its]
@@ -76,26 +95,36 @@ class VPD(SDPO):
         with torch.no_grad():
             priors = [t.sequence_log_probs(prior_model, [items[i]["prompt"] for i in mb],
                                            [items[i]["response"] for i in mb], norm) for mb in mbs]
-        delta = 0.0 if self.delta is None else self.delta
-        total, rho_sum, rho_n = 0.0, 0.0, 0
+        # BCO's delta: the running mean of the implicit reward, updated with this E-step's batch
+        # *before* the loss. One micro-batch: its graph-carrying forward gives the mean (no extra
+        # pass); several: a forward-only pass over the buffer first.
+        graph = None
+        if len(mbs) == 1:
+            graph = self._teacher_log_probs(items, mbs[0], norm)
+            rhos = [L.implicit_reward(graph.detach(), priors[0], beta)]
+        else:
+            with torch.no_grad():
+                rhos = [L.implicit_reward(self._teacher_log_probs(items, mb, norm), prior, beta)
+                        for mb, prior in zip(mbs, priors)]
+        rho_sum, rho_n = self._global_sum([sum(float(r.double().sum()) for r in rhos),
+                                           float(sum(len(mb) for mb in mbs))])
+        rho_mean = rho_sum / max(rho_n, 1.0)
+        self.delta = L.update_running_delta(self.delta, rho_mean, float(self.mcfg.delta_momentum))
+        total = 0.0
         epochs = int(self.mcfg.estep_epochs)
         with t.learning_rate(self.mcfg.estep_lr):
             for _ in range(epochs):
                 t.optimizer.zero_grad(set_to_none=True)
                 for mb, prior in zip(mbs, priors):
-                    teacher = t.sequence_log_probs(t.model, [items[i]["teacher_prompt"] for i in mb],
-                                                   [items[i]["response"] for i in mb], norm)
+                    teacher = graph if graph is not None else self._teacher_log_probs(items, mb, norm)
+                    graph = None                 # a second epoch scores the updated weights again
                     rho = L.implicit_reward(teacher, prior, beta)
                     success = torch.tensor([items[i]["success"] for i in mb])
-                    loss = self._bco_share(rho, success, delta, n_success, n_failure)
+                    loss = self._bco_share(rho, success, self.delta, n_success, n_failure)
                     loss.backward()
                     total += float(loss.detach())
-                    rho_sum += float(rho.detach().double().sum())
-                    rho_n += len(mb)
                 t.optimizer_step()
-        rho_sum, rho_n = self._global_sum([rho_sum, float(rho_n)])
-        self.delta = L.update_running_delta(self.delta, rho_sum / max(rho_n, 1.0), float(self.mcfg.delta_momentum))
-        return {"estep_loss": total / epochs, "delta": self.delta,
+        return {"estep_loss": total / epochs, "delta": self.delta, "estep_rho_mean": rho_mean,
                 "estep_size": len(items), "estep_success_frac": n_success / len(items)}
 
     # Two hooks that multi-process training replaces (vpd_bench/distributed.py): which E-step

@@ -129,7 +129,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_completes(tmp_path):
     out = tmp_path / "I"
     args = ["run", "--methods", "grpo", "--task", "debug", "--model", "tiny-random", "--out", str(out),
             "train.checkpoint_every=1000", "rollout.max_new_tokens=24", "eval.samples=0", "eval.greedy=false"]
-    proc = subprocess.Popen([sys.executable, "-m", "vpd_bench", *args, "--steps", "200"],
+    proc = subprocess.Popen([sys.executable, "-m", "vpd_bench", *args, "--steps", "100000"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run = out / "debug" / "grpo" / "none" / "seed0"
     deadline = time.time() + 90

@@ -141,3 +141,84 @@ def test_every_feedback_source_runs(tmp_path, feedback):
     d = the_run(tmp_path, "sdpo", feedback)
     res = json.loads((d / "results.json").read_text())
     assert res["run"]["feedback"] == feedback and res["config"]["feedback"]["name"] == feedback
+
+
+EVAL_SAMPLE_KEYS = {"step", "problem_id", "sample", "response", "reward", "status", "answer", "feedback"}
+
+
+def test_every_evaluation_logs_each_problem_and_sample(tmp_path):
+    """eval_samples.jsonl: one row per held-out problem x sample (and the greedy one) at every
+    evaluation, and the rows re-score to the pass@1 / greedy numbers of eval.jsonl."""
+    assert run_cli("--methods", "grpo", "--steps", "4", "--out", str(tmp_path), "eval.every=2",
+                   "eval.greedy=true") == 0
+    d = the_run(tmp_path)
+    rows = [json.loads(x) for x in (d / "eval_samples.jsonl").read_text().splitlines()]
+    evals = {e["step"]: e["metrics"] for e in map(json.loads, (d / "eval.jsonl").read_text().splitlines())}
+    assert sorted(evals) == [0, 2, 4]
+    for row in rows:
+        assert set(row) == EVAL_SAMPLE_KEYS
+        assert row["status"] in ("pass", "fail", "timeout", "error", "format") and 0.0 <= row["reward"] <= 1.0
+    for step, m in evals.items():
+        at = [r for r in rows if r["step"] == step]
+        problems = sorted({r["problem_id"] for r in at})
+        assert len(problems) == 4 and len(at) == 4 * (2 + 1)
+        for pid in problems:
+            assert sorted(str(r["sample"]) for r in at if r["problem_id"] == pid) == ["0", "1", "greedy"]
+        sampled = [r for r in at if r["sample"] != "greedy"]
+        per_problem = [sum(r["reward"] >= 1 for r in sampled if r["problem_id"] == p) / 2 for p in problems]
+        assert sum(per_problem) / 4 == pytest.approx(m["pass@1"])
+        greedy = [r["reward"] >= 1 for r in at if r["sample"] == "greedy"]
+        assert sum(greedy) / 4 == pytest.approx(m["greedy"])
+
+
+def test_resume_cuts_eval_samples_back_to_the_checkpoint(tmp_path):
+    a, b = tmp_path / "A", tmp_path / "B"
+    common = ["--methods", "grpo", "train.checkpoint_every=2", "eval.every=1"]
+    assert run_cli(*common, "--steps", "3", "--out", str(a)) == 0
+    assert run_cli(*common, "--steps", "2", "--out", str(b)) == 0
+    assert run_cli(*common, "--steps", "3", "--out", str(b), "--resume") == 0
+    ra, rb = ((the_run(x) / "eval_samples.jsonl").read_text() for x in (a, b))
+    assert ra == rb and sorted({json.loads(x)["step"] for x in ra.splitlines()}) == [0, 1, 2, 3]
+
+
+def test_a_multi_run_invocation_ends_with_its_leaderboard(tmp_path, capsys):
+    assert run_cli("--methods", "grpo,sdpo", "--seeds", "2", "--steps", "2", "--out", str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    tail = out[out.rindex("== vpd-bench: 4 run(s)"):]
+    table = [line for line in tail.splitlines() if line.startswith("|")]
+    assert "initial" in table[0] and "final" in table[0] and "vs grpo" in table[0]
+    assert any("| grpo" in line for line in table[2:]) and any("| sdpo" in line for line in table[2:])
+    assert "Smallest detectable difference" in tail
+    assert tail.rstrip().splitlines()[-1].startswith("Full report") and "vpd-bench report" in tail
+
+
+def test_closing_summary_says_when_a_run_had_no_learning_signal(tmp_path):
+    from vpd_bench.summary import closing_summary, no_signal
+    run = tmp_path / "code" / "grpo" / "none" / "seed0"
+    run.mkdir(parents=True)
+    rows = [{"step": s, "no_signal_frac": 1.0 if s != 3 else 0.5, "reward_mean": 0.0} for s in range(1, 7)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "eval.jsonl").write_text(json.dumps({"step": 0, "metrics": {"pass@1": 0.0}}) + "\n")
+    assert no_signal(run) == {"flat_steps": 5, "steps": 6, "all_fail": True}
+    text = closing_summary([run], tmp_path, ["grpo"])
+    assert "No learning signal" in text and "5/6 steps" in text and "failing" in text
+    assert "qwen2.5-coder-0.5b" in text
+    mixed = [{"step": s, "no_signal_frac": 0.5, "reward_mean": 0.3} for s in range(1, 7)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mixed))
+    assert no_signal(run) is None and "No learning signal" not in closing_summary([run], tmp_path, ["grpo"])
+
+
+def test_vpd_without_esteps_is_sdpo_with_a_live_teacher(tmp_path):
+    """VPD's M-step is SDPO's loss with the live shared weights as teacher: with the E-step never
+    firing, the two runs agree step for step on the same seed (losses and held-out scores)."""
+    assert run_cli("--methods", "vpd", "--steps", "3", "--out", str(tmp_path / "V"), "method.estep_every=1000",
+                   "eval.every=3") == 0
+    assert run_cli("--methods", "sdpo", "--steps", "3", "--out", str(tmp_path / "S"), "method.teacher=live",
+                   "eval.every=3") == 0
+    rv = [json.loads(x) for x in (the_run(tmp_path / "V", "vpd", "env+sibling") / "metrics.jsonl").read_text().splitlines()]
+    rs = [json.loads(x) for x in (the_run(tmp_path / "S", "sdpo", "env+sibling") / "metrics.jsonl").read_text().splitlines()]
+    assert len(rv) == 3 and [r["loss"] for r in rv] == [r["loss"] for r in rs]
+    assert any(r["loss"] != 0 for r in rv) and all("estep_loss" not in r or r["estep_loss"] is None for r in rv)
+    ev = (the_run(tmp_path / "V", "vpd", "env+sibling") / "eval_samples.jsonl").read_text()
+    es = (the_run(tmp_path / "S", "sdpo", "env+sibling") / "eval_samples.jsonl").read_text()
+    assert ev == es

@@ -4,40 +4,7 @@ import copy
 import pytest
 import torch
 
-from vpd_bench.batch import RolloutBatch
-
-
-def toy_batch(trainer, step=1, rewards=(1.0, 0.0, 1.0, 0.0), with_feedback=True):
-    """A fixed batch: one prompt, four responses, two successes and two failures, each with its own
-    feedback text; the successes read 'correct' feedback, the failures 'wrong'."""
-    tok = trainer.tokenizer
-    prob = trainer.train_problems[0]
-    prompt = trainer.encode_prompt(trainer.task.render_prompt(prob))
-    texts = ["e tea", "xyz", "eel", "qqq"]
-    b = RolloutBatch(step=step, group_size=4, problems=[prob], prompt_texts=[""], prompt_ids=[prompt])
-    b.response_ids = [tok.encode(t, add_special_tokens=False) for t in texts]
-    b.response_texts = texts
-    with torch.no_grad():
-        lp = trainer.sequence_log_probs(trainer.model, [prompt] * 4, b.response_ids)  # only to shape; per-token below
-    from vpd_bench.scoring import pack, response_logits, token_log_probs
-    packed = pack([prompt] * 4, b.response_ids, trainer.pad_id)
-    with torch.no_grad():
-        tl = token_log_probs(response_logits(trainer.model, packed), packed.response_ids)
-    b.rollout_logp = [tl[i, :len(r)].tolist() for i, r in enumerate(b.response_ids)]
-    b.finish_reasons = ["eos"] * 4
-    b.rewards = torch.tensor(rewards)
-    b.statuses = ["pass" if r >= 1 else "fail" for r in rewards]
-    b.verdict_feedback = ["The answer is correct." if r >= 1 else "The answer is wrong." for r in rewards] \
-        if with_feedback else [""] * 4
-    assert lp.shape == (4,)
-    return b
-
-
-def step_on(trainer, batch):
-    trainer.build_teacher_context(batch)
-    m = trainer.update_student(batch)
-    m.update(trainer.method.after_update(batch, batch.step))
-    return m
+from _toy import step_on, toy_batch  # noqa: F401
 
 
 def gain(trainer, batch):
@@ -89,7 +56,9 @@ def test_estep_prior_student_gets_no_gradient(make_trainer, monkeypatch):
     student_calls = [g for is_student, g in seen if is_student]
     teacher_calls = [g for is_student, g in seen if not is_student]
     assert student_calls and not any(student_calls)
-    assert teacher_calls and all(teacher_calls)
+    # several E-step micro-batches: a forward-only pass gives delta its batch mean first, then every
+    # micro-batch is scored again with a graph
+    assert sum(teacher_calls) == len(student_calls) and len(teacher_calls) == 2 * len(student_calls)
 
 
 def test_estep_delta_follows_running_mean(make_trainer):

@@ -15,8 +15,9 @@ import math
 import pytest
 
 from vpd_bench.errors import UserError
-from vpd_bench.report import (ReportWarning, build_leaderboard, load_run, load_runs, method_style, score_of,
-                              write_report)
+from vpd_bench.cli import main as cli_main
+from vpd_bench.report import (ReportWarning, build_leaderboard, leaderboard_markdown, load_run, load_runs,
+                              method_style, score_of, summary_table, write_report)
 
 # pass@1 at steps 0, 5, 10 per (method, seed)
 SCORES = {
@@ -31,8 +32,8 @@ LAST_REWARD = {("grpo", 0): 0.45, ("grpo", 1): 0.55, ("vpd", 0): 0.6, ("vpd", 1)
 
 def write_run(root, method, seed, evals, steps=10, status="complete", feedback_folder="env+sibling",
               results=True, eval_file=True, last_reward=0.5, extra_eval_text="", corrupt_metrics_line=None,
-              method_folder=None):
-    run_dir = root / "debug" / (method_folder or method) / feedback_folder / f"seed{seed}"
+              method_folder=None, task="debug", git=None, eval_steps=(0, 5, 10), n_problems=16):
+    run_dir = root / task / (method_folder or method) / feedback_folder / f"seed{seed}"
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(
         f"seed: {seed}\nmethod:\n  name: {method}\ntask:\n  name: debug\nfeedback:\n  name: env+sibling\ntrain:\n  steps: 10\n")
@@ -55,14 +56,15 @@ def write_run(root, method, seed, evals, steps=10, status="complete", feedback_f
         lines.insert(corrupt_metrics_line - 1, '{"step": 3, "loss": 0.3, "reward_')
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     history = [{"step": s, "wall_time_s": 10.0 * s,
-                "metrics": {"pass@1": v, "pass@k": min(1.0, v + 0.2), "avg@k": v, "greedy": v, "k": 4, "n_problems": 16}}
-               for s, v in zip((0, 5, 10), evals)]
+                "metrics": {"pass@1": v, "pass@k": min(1.0, v + 0.2), "avg@k": v, "greedy": v, "k": 4, "n_problems": n_problems}}
+               for s, v in zip(eval_steps, evals)]
     if eval_file and history:
         (run_dir / "eval.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history) + extra_eval_text)
     if results:
         record = {"schema_version": 1, "status": status,
-                  "run": {"method": method, "task": "debug", "feedback": "env+sibling", "model": "tiny-random",
+                  "run": {"method": method, "task": task, "feedback": "env+sibling", "model": "tiny-random",
                           "seed": seed, "preset": "quick"},
+                  "git": git or {"revision": "abc1234def5678", "dirty": method == "vpd"},
                   "config": {}, "steps_completed": steps, "wall_time_s": 10.0 * steps, "tokens_generated": 100 * steps,
                   "eval_history": history, "final": history[-1]["metrics"] if history else {},
                   "train_final": {"reward_mean": last_reward}, "higher_is_better": {"pass@1": True}}
@@ -169,7 +171,7 @@ def test_partial_and_evaluation_less_runs_are_counted_and_flagged(tree):
 def test_report_writes_every_file_non_empty(report):
     out, written = report
     for name in ["leaderboard.md", "leaderboard.csv", "report.html", "figures/score_vs_step.png",
-                 "figures/score_vs_step.svg", "figures/score_vs_wall.png", "figures/final_scores.png",
+                 "figures/score_vs_step.svg", "figures/score_vs_wall.png", "figures/score_vs_tokens.png", "figures/final_scores.png",
                  "figures/final_scores.svg", "figures/train_reward.png", "figures/health_debug_env-sibling.png",
                  "figures/health_debug_env-sibling.svg"]:
         assert name in written, name
@@ -188,7 +190,11 @@ def test_csv_and_markdown_hold_the_leaderboard(report):
     assert float(rows["vpd"]["best_mean"]) == pytest.approx(0.55)       # budget_steps=5
     assert rows["sdpo"]["final_stderr"] == "" and rows["sdpo"]["n_partial"] == "1"
     md = (out / "leaderboard.md").read_text()
-    assert "**0.700 \u00b1 0.100**" in md                                 # top of its group in bold
+    # vpd beats grpo by exactly 0.2 on both seeds: a t-interval has no spread to work with, so no
+    # interval, no significance and no bold, however large the gap of the means.
+    assert "**" not in md.split("| task |")[1]
+    assert rows["vpd"]["verdict"].startswith("n/a") and rows["vpd"]["significant"] == ""
+    assert float(rows["vpd"]["vs_baseline"]) == pytest.approx(0.2) and rows["vpd"]["vs_baseline_ci_low"] == ""
     assert "sdpo \u2020" in md and "step \u2264 5" in md
 
 
@@ -256,3 +262,165 @@ def test_a_rerun_removes_figures_it_no_longer_draws(tmp_path):
     (out / "figures" / "my_notes.png").write_bytes(b"mine")
     write_report(tmp_path / "runs", out)
     assert sorted(p.name for p in (out / "figures").iterdir()) == ["my_notes.png"]
+
+
+# ----------------------------------------------------------------------------------------------
+# section 4: paired statistics; section 5: what the report shows
+
+FIRST_COLUMNS = ["task", "method", "feedback", "n_seeds", "initial", "final", "delta", "delta_ci_low", "delta_ci_high"]
+
+
+def test_csv_starts_with_the_paired_statistics_columns(report):
+    out, _ = report
+    with open(out / "leaderboard.csv") as fh:
+        header = next(csv.reader(fh))
+    assert header[:len(FIRST_COLUMNS)] == FIRST_COLUMNS
+    assert {"ci_method", "vs_baseline", "vs_baseline_ci_low", "vs_baseline_ci_high", "significant", "mde"} <= set(header)
+
+
+def test_without_samples_the_delta_interval_is_a_t_interval_over_seeds(tree):
+    rows = rows_by_method(build_leaderboard(load_quietly(tree)))
+    grpo = rows["grpo"]
+    # grpo: initial 0.2, 0.2; final 0.4, 0.6 -> paired changes 0.2, 0.4: mean 0.3, s.e. 0.1, t(0.975, 1) = 12.7062
+    assert grpo["delta"] == pytest.approx(0.3) and grpo["ci_method"] == "t(seeds)"
+    assert grpo["delta_ci_low"] == pytest.approx(0.3 - 1.270620, abs=1e-5)
+    assert grpo["delta_ci_high"] == pytest.approx(0.3 + 1.270620, abs=1e-5)
+    assert grpo["initial"] == pytest.approx(0.2) and grpo["final"] == pytest.approx(0.5)
+    assert grpo["verdict"] == "baseline" and grpo["baseline"] == "grpo (none)"
+    # sdpo has one seed with a score: no interval, and only seed 0 to pair with grpo
+    sdpo = rows["sdpo"]
+    assert sdpo["ci_method"] == "n/a" and math.isnan(sdpo["delta_ci_low"]) and sdpo["delta"] == pytest.approx(0.15)
+    assert sdpo["vs_baseline_n_seeds"] == 1 and sdpo["verdict"] == "n/a (1 paired seed)"
+    # 16 problems x 4 samples x 2 seeds at p = 0.7 (vpd's final)
+    assert rows["vpd"]["mde"] == pytest.approx(2.801585 * math.sqrt(2 * 0.7 * 0.3 / 128), rel=1e-4)
+    # no baseline: no comparison, nothing significant
+    plain = rows_by_method(build_leaderboard(load_quietly(tree), baseline="none"))
+    assert plain["vpd"]["baseline"] is None and plain["vpd"]["significant"] is None
+
+
+PROBLEMS = [f"p{i}" for i in range(8)]
+
+
+def passes(seed, method, when):
+    """Passing samples (of 4) per problem: grpo does not move; vpd gains one sample on every problem;
+    sdft gains one on even problems and loses one on odd ones."""
+    base = [1 + (i + seed) % 3 for i in range(len(PROBLEMS))]
+    if when == "initial" or method == "grpo":
+        return base
+    if method == "vpd":
+        return [c + 1 for c in base]
+    return [c + (1 if i % 2 == 0 else -1) for i, c in enumerate(base)]
+
+
+def write_samples_tree(root, seeds=(0, 1, 2)):
+    for method, folder in [("grpo", "none"), ("vpd", "env+sibling"), ("sdft", "reference")]:
+        for seed in seeds:
+            counts = {w: passes(seed, method, w) for w in ("initial", "final")}
+            scores = [sum(counts[w]) / (4 * len(PROBLEMS)) for w in ("initial", "final")]
+            run_dir = write_run(root, method, seed, scores, feedback_folder=folder, eval_steps=(0, 10),
+                                n_problems=len(PROBLEMS))
+            lines = []
+            for step, w in [(0, "initial"), (10, "final")]:
+                for pid, c in reversed(list(zip(PROBLEMS, counts[w]))):   # order must not matter
+                    for k in range(4):
+                        lines.append({"step": step, "problem_id": pid, "sample": k, "response": "...",
+                                      "reward": 1.0 if k < c else 0.0, "status": "ok", "answer": None, "feedback": ""})
+                    # The greedy sample always passes; pass@1 must not count it.
+                    lines.append({"step": step, "problem_id": pid, "sample": "greedy", "response": "...",
+                                  "reward": 1.0, "status": "ok", "answer": None, "feedback": ""})
+            (run_dir / "eval_samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return root
+
+
+def test_per_problem_samples_give_a_paired_bootstrap_and_bold_only_when_significant(tmp_path):
+    runs = load_runs(write_samples_tree(tmp_path / "runs"))
+    rows = build_leaderboard(runs)
+    by = rows_by_method(rows)
+    vpd, sdft, grpo = by["vpd"], by["sdft"], by["grpo"]
+    for row in (vpd, sdft, grpo):
+        assert row["ci_method"] == "bootstrap(seeds x problems)"
+    # +1 of 4 samples on every problem: a constant +0.25 shift, interval excludes 0
+    assert vpd["delta"] == pytest.approx(0.25)
+    assert vpd["delta_ci_low"] == pytest.approx(0.25) and vpd["delta_ci_high"] == pytest.approx(0.25)
+    assert vpd["vs_baseline"] == pytest.approx(0.25) and vpd["vs_baseline_ci_low"] > 0
+    assert vpd["significant"] is True and vpd["verdict"] == "better than grpo"
+    # +-0.25 on alternate problems: no net change, the interval straddles 0
+    assert sdft["delta"] == pytest.approx(0.0, abs=1e-12)
+    assert sdft["delta_ci_low"] < 0 < sdft["delta_ci_high"]
+    assert sdft["significant"] is False and sdft["verdict"] == "no significant difference"
+    assert grpo["delta"] == pytest.approx(0.0, abs=1e-12)
+    md = leaderboard_markdown(rows, "pass@1", runs=runs)
+    table = md.split("| task |")[1]
+    bold = [line for line in table.splitlines() if "**" in line]
+    assert len(bold) == 1 and "| vpd |" in bold[0]
+    assert "no significant difference" in table
+    assert "abc1234 (6 runs), abc1234+dirty (3 runs)" in md and "8 \u00d7 4" in md
+    assert "Smallest detectable difference" in md and "2.80" in md
+
+
+def test_summary_table_works_without_samples_and_with_one_seed(tmp_path, tree):
+    text = summary_table(tree)
+    assert "vs grpo [95% CI]" in text and "t(seeds)" in text
+    lines = [line for line in text.splitlines() if line.startswith("| debug")]
+    assert {line.split("|")[2].strip() for line in lines} == {"grpo", "vpd", "sdpo \u2020"}
+    one = tmp_path / "one"
+    write_run(one, "grpo", 0, [0.2, 0.3, 0.4], feedback_folder="none")
+    write_run(one, "vpd", 0, [0.2, 0.5, 0.6])
+    text = summary_table(one, baseline="grpo")
+    vpd = next(line for line in text.splitlines() if "| vpd" in line)
+    assert "+0.400 [n/a]" in vpd and "+0.200 [n/a]" in vpd and "n/a (1 paired seed)" in vpd
+    assert "**" not in text
+    samples = summary_table(write_samples_tree(tmp_path / "s", seeds=(0,)))
+    assert "bootstrap(problems)" in samples
+
+
+def test_an_unknown_metric_is_an_error_listing_the_available_ones(tree, tmp_path, capsys):
+    with pytest.warns(ReportWarning):
+        rc = cli_main(["report", str(tree), "--out", str(tmp_path / "out"), "--metric", "no_such_metric"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "no_such_metric" in err and "pass@1" in err and "avg@k" in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(UserError, match="pass@1"):
+        summary_table(tree, metric="no_such_metric")
+
+
+def test_report_help_describes_every_option_with_units(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["report", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option in ("--out", "--metric", "--baseline", "--budget-steps", "--budget-wall"):
+        assert option in text
+    assert "seconds" in text and "training steps" in text and "pass@1" in text
+
+
+def test_bars_name_each_methods_own_feedback_and_mark_the_start(report):
+    out, _ = report
+    svg = (out / "figures" / "final_scores.svg").read_text()
+    assert "grpo (none)" in svg and "vpd (env+sibling)" in svg
+    assert "initial (step 0)" in svg
+    assert "(env+sibling)" not in svg.replace("vpd (env+sibling)", "").replace("sdpo (env+sibling)", "")
+
+
+def test_html_shows_provenance_statistics_and_each_runs_revision(report):
+    out, _ = report
+    page = (out / "report.html").read_text()
+    assert "Git revision(s): abc1234 (4 runs), abc1234+dirty (2 runs)" in page
+    assert "Preset(s): quick" in page and "debug: 16 \u00d7 4" in page
+    assert "Smallest detectable difference" in page and "(z_0.975 + z_0.80)" in page
+    assert "<th>git revision</th>" in page and "<td>abc1234+dirty</td>" in page
+    assert "<b>" not in page.split("<h2>Leaderboard</h2>")[1].split("</table>")[0]
+    assert "score_vs_tokens" in page
+
+
+def test_a_single_logged_step_is_drawn_as_points(tmp_path):
+    from vpd_bench.report import _fig_health
+    run = load_run(write_run(tmp_path / "runs", "vpd", 0, [0.2, 0.3], steps=1, eval_steps=(0, 1)))
+    notes = []
+    fig = _fig_health([run], "debug", "env+sibling", notes)
+    assert fig is not None
+    assert any("has a single logged step; drawn as points" in n for n in notes)
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        assert lo <= 0.5 and hi >= 1.5                      # step 1 in the middle of a readable range
+        assert any(line.get_marker() not in (None, "None", "") for line in ax.get_lines())

@@ -83,6 +83,9 @@ def cmd_run(args) -> int:
         failures = 0
     else:
         failures = run_local(specs, jobs=args.jobs, resume=True)
+    from .summary import closing_summary
+    out_root = args.out or (specs[0].out if specs else "runs")
+    print(closing_summary([s.run_dir() for s in specs], out_root, [s.method for s in specs], failures), flush=True)
     return 1 if failures else 0
 
 
@@ -189,7 +192,7 @@ def cmd_eval(args) -> int:
 def cmd_report(args) -> int:
     from .report import write_report
     paths = write_report(args.runs_dir, args.out or os.path.join(args.runs_dir, "report"), metric=args.metric,
-                         budget_steps=args.budget_steps, budget_wall_s=args.budget_wall)
+                         budget_steps=args.budget_steps, budget_wall_s=args.budget_wall, baseline=args.baseline)
     for k, v in paths.items():
         print(f"{k}: {v}")
     return 0
@@ -231,12 +234,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--task", default=None)
     e.add_argument("--export", default=None, help="export the checkpoint + an lm-eval task YAML to this folder")
     e.add_argument("overrides", nargs="*")
-    r = sub.add_parser("report", help="leaderboard, plots and HTML page from a runs folder")
-    r.add_argument("runs_dir")
-    r.add_argument("--out", default=None)
-    r.add_argument("--metric", default="pass@1")
-    r.add_argument("--budget-steps", type=int, default=None)
-    r.add_argument("--budget-wall", type=float, default=None)
+    r = sub.add_parser("report", help="leaderboard, plots and HTML page from a runs folder",
+                       description="Write leaderboard.md, leaderboard.csv, report.html and figures/ for every run "
+                                   "under RUNS_DIR: initial and final held-out scores, the paired change with a 95% "
+                                   "interval, a paired comparison against a baseline method, and the smallest "
+                                   "difference the evaluation can detect.")
+    r.add_argument("runs_dir", metavar="RUNS_DIR",
+                   help="folder `vpd-bench run` wrote to (<task>/<method>/<feedback>/seed<k>/ below it), "
+                        "any level of that tree, or one run folder")
+    r.add_argument("--out", default=None, metavar="DIR", help="output folder (default: RUNS_DIR/report)")
+    r.add_argument("--metric", default="pass@1",
+                   help="held-out metric to rank and compare by, a fraction in [0, 1]: pass@1, pass@k, avg@k, "
+                        "greedy or any other name in the runs' eval.jsonl; a name the runs do not have is an "
+                        "error that lists those they have (default: pass@1)")
+    r.add_argument("--baseline", default="grpo", metavar="METHOD",
+                   help="method every other method of a task is compared with, paired by seed and held-out "
+                        "problem, with a 95%% interval; bold marks only a significant improvement over it; "
+                        "'none' disables the comparison (default: grpo, where the task has grpo runs)")
+    r.add_argument("--budget-steps", type=int, default=None, metavar="STEPS",
+                   help="budget for the 'best' column, in training steps: only evaluations at step <= STEPS count "
+                        "(default: no step limit)")
+    r.add_argument("--budget-wall", type=float, default=None, metavar="SECONDS",
+                   help="budget for the 'best' column, in seconds of training wall-clock (evaluation time "
+                        "excluded): only evaluations made within it count (default: no time limit)")
     v = sub.add_parser("verify", help="run the task's verifier on one completion and print JSON")
     v.add_argument("--task", required=True)
     v.add_argument("--problem", required=True)

@@ -1,11 +1,28 @@
-"""Held-out evaluation: k sampled responses (pass@k, avg@k) and one greedy response per problem."""
+"""Held-out evaluation: k sampled responses (pass@k, avg@k) and one greedy response per problem.
+
+Besides the aggregate metrics, every evaluation returns one record per problem and sample (the
+audit trail of ``lm-eval --log_samples``): the run writes them to ``eval_samples.jsonl`` so that
+any aggregate can be re-scored and methods can be compared problem by problem (paired tests).
+"""
 from __future__ import annotations
 
 from .stats import pass_at_k
 
 
-def evaluate_policy(engine, encode, task, problems, ecfg, seed: int, stop=()) -> dict:
-    """Score the policy on held-out problems with the task's held-out verifier."""
+def sample_record(step: int, problem, sample, response: str, verdict) -> dict:
+    """One line of ``eval_samples.jsonl``: ``sample`` is the sample index, or ``"greedy"``.
+    Nothing that decides the verdict is truncated (the response is kept whole)."""
+    extras = verdict.extras or {}
+    answer = extras.get("extracted")
+    return {"step": int(step), "problem_id": str(problem.id), "sample": sample, "response": response,
+            "reward": float(verdict.reward), "status": verdict.status,
+            "answer": None if answer is None else str(answer), "feedback": verdict.feedback or ""}
+
+
+def evaluate_policy(engine, encode, task, problems, ecfg, seed: int, stop=(), step: int = 0,
+                    records: list | None = None) -> dict:
+    """Score the policy on held-out problems with the task's held-out verifier. When ``records``
+    is a list, one :func:`sample_record` per problem and sample is appended to it."""
     if not problems:
         return {}
     prompts = [encode(task.render_prompt(p)) for p in problems]
@@ -22,9 +39,14 @@ def evaluate_policy(engine, encode, task, problems, ecfg, seed: int, stop=()) ->
         metrics["pass@1"] = sum(pass_at_k(k, c, 1) for c in per_problem) / len(problems)
         metrics["pass@k"] = sum(pass_at_k(k, c, k) for c in per_problem) / len(problems)
         metrics["avg@k"] = sum(v.reward for v in verdicts) / len(verdicts)
+        if records is not None:
+            records.extend(sample_record(step, p, j % k, t, v)
+                           for j, (p, t, v) in enumerate(zip(probs, texts, verdicts)))
     if ecfg.greedy:
         gen = engine.generate(prompts, 1, int(ecfg.max_new_tokens), greedy=True, seed=seed, stop=stop)
         texts = [engine.tokenizer.decode(r, skip_special_tokens=True) for r in gen.response_ids]
         verdicts = task.verify_batch(problems, texts, split="eval")
         metrics["greedy"] = sum(v.reward >= 1.0 for v in verdicts) / len(verdicts)
+        if records is not None:
+            records.extend(sample_record(step, p, "greedy", t, v) for p, t, v in zip(problems, texts, verdicts))
     return metrics

@@ -364,13 +364,19 @@ class Trainer:
             problems = problems[:int(ecfg.num_problems)]
         t0 = time.perf_counter()
         problems = self.dist.shard(problems)
+        records: list[dict] = []
         metrics = evaluate_policy(self.engine, self.encode_prompt, self.task, problems, ecfg,
-                                  seed=int(self.cfg.seed) * 7_000_003 + 999, stop=list(self.cfg.rollout.stop))
+                                  seed=int(self.cfg.seed) * 7_000_003 + 999, stop=list(self.cfg.rollout.stop),
+                                  step=step, records=records)
         metrics = self.dist.merge_eval(metrics)     # problem-weighted means over the ranks' shards
+        records = [r for part in self.dist.gather_objects(records) for r in part]
         row = {"step": step, "wall_time_s": self.wall_time, "eval_time_s": time.perf_counter() - t0,
                "metrics": metrics}
         self.store.evals.truncate_after(step - 1)
         self.store.evals.append(row)
+        self.store.eval_samples.truncate_after(step - 1)
+        for r in records:
+            self.store.eval_samples.append(r)
         return metrics
 
     # -- checkpoints ------------------------------------------------------------------------------------
@@ -400,7 +406,7 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         self.step, self.wall_time, self.tokens_generated = state["step"], state["wall_time"], state["tokens_generated"]
-        for jl in (self.store.metrics, self.store.samples, self.store.evals):
+        for jl in (self.store.metrics, self.store.samples, self.store.evals, self.store.eval_samples):
             jl.truncate_after(self.step)
         self.sync_engine()
         log.info("resumed from %s (step %d)", path, self.step)

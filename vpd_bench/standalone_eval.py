@@ -66,14 +66,17 @@ def eval_main(args) -> int:
     if int(cfg.eval.num_problems) > 0:
         problems = problems[:int(cfg.eval.num_problems)]
     engine = HFEngine(loaded.model, tok)
+    records: list[dict] = []
     with torch.no_grad():
         metrics = evaluate_policy(engine, encode, task, problems, cfg.eval, seed=int(cfg.seed) * 7_000_003 + 999,
-                                  stop=list(cfg.rollout.stop))
+                                  stop=list(cfg.rollout.stop), step=step or 0, records=records)
     report = {"task": cfg.task.name, "model": cfg.model.name, "run": args.run, "checkpoint_step": step,
               "metrics": metrics}
     print(json.dumps(report, indent=2))
     if args.export:
         export(Path(args.export), cfg, loaded, task, problems, chat)
+        atomic_write_text(Path(args.export) / "eval_samples.jsonl",
+                          "".join(json.dumps(r) + "\n" for r in records))
     return 0
 
 

@@ -5,6 +5,10 @@
 - ``avg_at_k``: the mean score of the k samples drawn for one problem (avg@k).
 - ``mean_stderr``: mean and standard error of the mean over seeds.
 - ``bootstrap_ci``: a percentile bootstrap confidence interval of the mean.
+- ``t_quantile`` / ``t_interval``: Student's t quantile (no SciPy) and the t-interval of a mean,
+  used for paired per-seed differences when only seed-level scores exist.
+- ``paired_bootstrap``: the interval of a paired difference over seeds x held-out problems.
+- ``min_detectable_effect``: the smallest difference of two success rates a test would detect.
 
 Missing values (``None`` and NaN) are dropped by the aggregation helpers, so a seed that never
 produced a number does not silently count as zero.
@@ -12,6 +16,7 @@ produced a number does not silently count as zero.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -94,3 +99,132 @@ def bootstrap_ci(values: Iterable[float | None], confidence: float = 0.95, n_res
     tail = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(means, [tail, 1.0 - tail])
     return float(lo), float(hi)
+
+
+# ----------------------------------------------------------------------------------------------
+# intervals for paired changes and the smallest detectable difference
+
+
+def _t_two_sided_cdf(t: float, df: int) -> float:
+    """P(|T| <= t) for Student's t with an integer number of degrees of freedom, from the exact
+    finite series in theta = atan(t / sqrt(df)) (Abramowitz & Stegun 26.7.3 / 26.7.4)."""
+    if t <= 0:
+        return 0.0
+    theta = math.atan(t / math.sqrt(df))
+    s, c2 = math.sin(theta), math.cos(theta) ** 2
+    if df % 2 == 1:
+        total, term = 0.0, 1.0
+        if df > 1:
+            total = term = 1.0
+            for j in range(1, (df - 3) // 2 + 1):
+                term *= c2 * (2 * j) / (2 * j + 1)
+                total += term
+            total *= s * math.cos(theta)
+        return (2.0 / math.pi) * (theta + total)
+    total = term = 1.0
+    for j in range(1, (df - 2) // 2 + 1):
+        term *= c2 * (2 * j - 1) / (2 * j)
+        total += term
+    return s * total
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile of Student's t with ``df`` (integer >= 1) degrees of freedom, for
+    0.5 <= p < 1 (e.g. ``t_quantile(0.975, 2) = 4.303``). Exact series CDF inverted by bisection,
+    so no SciPy is needed."""
+    if not (isinstance(df, (int, np.integer)) and df >= 1):
+        raise ValueError(f"t_quantile needs an integer df >= 1, got {df!r}")
+    if not 0.5 <= p < 1.0:
+        raise ValueError(f"t_quantile needs 0.5 <= p < 1, got {p}")
+    target = 2.0 * p - 1.0                     # P(|T| <= t)
+    lo, hi = 0.0, 1.0
+    while _t_two_sided_cdf(hi, int(df)) < target:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _t_two_sided_cdf(mid, int(df)) < target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def t_interval(values: Iterable[float | None], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the t-interval ``mean +- t_{(1+c)/2, n-1} * sd / sqrt(n)`` over the values
+    present (``None`` / NaN dropped). With one value the interval is (NaN, NaN); with none all three
+    are NaN. Used for paired per-seed differences when only seed-level scores exist."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    xs = _clean(values)
+    mean, se = mean_stderr(xs)
+    n = len(xs)
+    if math.isnan(se):
+        return mean, math.nan, math.nan
+    half = t_quantile((1.0 + confidence) / 2.0, n - 1) * se
+    return mean, mean - half, mean + half
+
+
+def paired_bootstrap(diffs, confidence: float = 0.95, n_resamples: int = 4000,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """(estimate, low, high) for the mean of paired differences laid out seeds x problems.
+
+    ``diffs[s][p]`` is, for seed s and held-out problem p, the difference of the two paired scores
+    (e.g. final minus initial pass@1 of that problem, or method minus baseline); NaN marks a
+    missing pair. The estimate is the mean over seeds of each seed's mean over its problems. The
+    interval is a percentile bootstrap that resamples seeds and, independently, problems (a crossed
+    two-way bootstrap: the held-out problems are the same for every seed, so their sampling error
+    is shared across seeds and must be resampled jointly). With one seed only problems are
+    resampled; with one problem only seeds. Seeds without any pair are dropped; with no pair at
+    all, or a single seed x single problem, the interval is (NaN, NaN).
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    d = np.array(diffs, dtype=np.float64)
+    if d.ndim == 1:
+        d = d[None, :]
+    if d.ndim != 2:
+        raise ValueError(f"paired_bootstrap needs a seeds x problems table, got shape {d.shape}")
+    d = d[~np.all(np.isnan(d), axis=1)] if d.size else d
+    if d.size == 0 or not np.any(~np.isnan(d)):
+        return math.nan, math.nan, math.nan
+    d = d[:, ~np.all(np.isnan(d), axis=0)]
+
+    def seed_mean(table: np.ndarray) -> np.ndarray:
+        # mean over problems per seed (ignoring NaN), then mean over seeds (ignoring seeds left empty)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per_seed = np.nanmean(table, axis=-1)
+            return np.nanmean(per_seed, axis=-1)
+
+    estimate = float(seed_mean(d))
+    n_seeds, n_problems = d.shape
+    if n_seeds * n_problems < 2:
+        return estimate, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    si = rng.integers(0, n_seeds, size=(n_resamples, n_seeds)) if n_seeds > 1 else np.zeros((n_resamples, 1), int)
+    pi = rng.integers(0, n_problems, size=(n_resamples, n_problems)) if n_problems > 1 else np.zeros((n_resamples, 1), int)
+    means = seed_mean(d[si[:, :, None], pi[:, None, :]])
+    means = means[~np.isnan(means)]
+    tail = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(means, [tail, 1.0 - tail])
+    # Rounding in the resampled means must not put a constant shift outside its own interval.
+    return estimate, float(min(lo, estimate)), float(max(hi, estimate))
+
+
+def min_detectable_effect(p: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest difference between two success rates near ``p`` that a two-sided test at level
+    ``alpha`` detects with probability ``power`` when each side has ``n`` independent pass/fail
+    observations: ``(z_{1-alpha/2} + z_{power}) * sqrt(2 p (1 - p) / n)`` (normal approximation;
+    about 2.80 * sqrt(2 p (1 - p) / n) at 5% / 80%). ``p`` is clipped to [1/n, 1 - 1/n] so that a
+    score of exactly 0 or 1 does not claim that any difference is detectable. NaN when n < 1 or p
+    is missing."""
+    if n is None or n < 1 or p is None or math.isnan(p):
+        return math.nan
+    if not (0.0 < alpha < 1.0 and 0.0 < power < 1.0):
+        raise ValueError(f"alpha and power must be in (0, 1), got {alpha}, {power}")
+    from statistics import NormalDist
+    z = NormalDist().inv_cdf(1.0 - alpha / 2.0) + NormalDist().inv_cdf(power)
+    p = min(max(float(p), 1.0 / n), 1.0 - 1.0 / n) if n > 1 else 0.5
+    return float(z * math.sqrt(2.0 * p * (1.0 - p) / n))

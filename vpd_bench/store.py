@@ -3,6 +3,8 @@
   config.yaml     the resolved config
   metrics.jsonl   one JSON object per step
   eval.jsonl      one JSON object per held-out evaluation
+  eval_samples.jsonl  one JSON object per held-out problem and sample at every evaluation
+                  (step, problem_id, sample, response, reward, status, answer, feedback)
   samples.jsonl   prompts, responses, rewards, feedback, teacher prompts (capped per step)
   results.json    the typed summary (vpd_bench.results)
   checkpoints/    step_XXXXXX/ {state.pt, meta.json} and LATEST
@@ -78,6 +80,7 @@ class RunStore:
         self.metrics = JsonlLog(self.dir / "metrics.jsonl")
         self.evals = JsonlLog(self.dir / "eval.jsonl")
         self.samples = JsonlLog(self.dir / "samples.jsonl")
+        self.eval_samples = JsonlLog(self.dir / "eval_samples.jsonl")
 
     @property
     def results_path(self) -> Path:
@@ -90,6 +93,7 @@ class RunStore:
         self.metrics.flush()
         self.evals.flush()
         self.samples.flush()
+        self.eval_samples.flush()
 
     # -- checkpoints ------------------------------------------------------------------------------
     def latest_checkpoint(self) -> Path | None:

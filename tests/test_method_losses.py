@@ -1,0 +1,376 @@
+"""Each method's real ``prepare`` / ``loss`` (and VPD's E-step) against values and gradients computed
+independently, in float64, from the model's own forward pass.
+
+The references below do not call ``vpd_bench.losses``: they re-derive every quantity from the
+definitions in docs/method.md (divergence by alpha, top-k + tail support, importance weights clipped
+above, token-mean aggregation, group advantages with the sample std, PPO clip, BCO with delta
+updated before the loss). The toy batch's rollout log-probs differ from the student's, so the clipped
+importance weight matters, and alpha takes values where the divergence is not symmetric.
+These tests exist to fail on plausible wiring bugs: student and teacher swapped at the divergence
+call, a teacher that carries a graph, an inverted importance ratio, a flipped KL direction, a
+flipped BCO label, a prior without stop-gradient, delta updated after the loss.
+"""
+import math
+
+import pytest
+import torch
+
+from _toy import toy_batch
+
+TEMPERATURE = 0.7
+IS_CLIP = 2.0
+SHARPEN = 15.0
+# rollout log-prob shifts per response: importance ratios exp(-shift) from ~0.3 to ~2.7 (clipped at 2)
+SHIFTS = (-1.5, 0.5, -0.3, 1.2)
+
+
+def rollout_shift(i, t):
+    return SHIFTS[i] + 0.1 * t
+
+
+def trainer_for(make_trainer, method, overrides=()):
+    base = [f"rollout.temperature={TEMPERATURE}", "train.micro_batch_size=4"]
+    if method not in ("grpo", "dr_grpo"):
+        base += [f"method.is_clip={IS_CLIP}", "method.aggregation=token_mean"]
+    t = make_trainer(method, feedback="env", overrides=base + list(overrides))
+    # the tiny random model is nearly uniform over its vocabulary and barely reads its context (logit
+    # std ~0.2): student and teacher would agree to ~1e-6, where float32 noise hides every bug and
+    # forward and reverse KL coincide. Re-draw its projections at unit gain and sharpen its output so
+    # that the teacher prompt changes the distribution at first order (divergences ~0.2-1 nats).
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in t.model.named_parameters():
+            if name.endswith("proj.weight"):
+                p.normal_(0.0, p.shape[1] ** -0.5, generator=g)
+        t.model.model.norm.weight.mul_(SHARPEN)
+        for copy in (getattr(t.teacher, "copy", None), getattr(t.method, "initial_prior", None)):
+            if copy is not None:          # EMA / frozen / initial-prior copies start equal to the student
+                copy.load_state_dict(t.model.state_dict())
+    return t
+
+
+def params_of(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+# -- independent references -------------------------------------------------------------------------
+
+def forward_logits(model, prompt, response, grad):
+    """Logits that predict each response token, from one unpadded forward pass, divided by T."""
+    ids = torch.tensor([list(prompt) + list(response)])
+    with torch.set_grad_enabled(grad):
+        out = model(input_ids=ids).logits[0, len(prompt) - 1:len(prompt) + len(response) - 1]
+    return out.double() / TEMPERATURE
+
+
+def support_probs(s_logits, t_logits, support, k):
+    """Student and teacher distributions on the support, as probabilities (float64)."""
+    ps, pt = torch.softmax(s_logits, -1), torch.softmax(t_logits, -1)
+    if support == "full":
+        return ps, pt
+    ids = torch.topk(s_logits.detach(), k, dim=-1).indices
+    ps_k, pt_k = ps.gather(-1, ids), pt.gather(-1, ids)
+    return (torch.cat([ps_k, 1 - ps_k.sum(-1, keepdim=True)], -1),
+            torch.cat([pt_k, 1 - pt_k.sum(-1, keepdim=True)], -1))
+
+
+def divergence(ps, pt, alpha):
+    if alpha == 0.0:      # forward KL(p_T || p_S)
+        return (pt * (pt.log() - ps.log())).sum(-1)
+    if alpha == 1.0:      # reverse KL(p_S || p_T)
+        return (ps * (ps.log() - pt.log())).sum(-1)
+    m = (1 - alpha) * ps + alpha * pt
+    return (1 - alpha) * (ps * (ps.log() - m.log())).sum(-1) + alpha * (pt * (pt.log() - m.log())).sum(-1)
+
+
+def reference_distillation_loss(t, batch, alpha, support, k=20):
+    """sum over rows with a teacher, tokens: min(exp(log p_S(y_t) - log p_rollout(y_t)), clip) * D_t,
+    divided by the number of those tokens; teacher scored without a graph."""
+    teacher_model = getattr(t.teacher, "copy", None) or t.model
+    total, n_tokens = 0.0, 0
+    for i in range(batch.num_responses):
+        if not bool(batch.teacher_mask[i]):
+            continue
+        y = batch.response_ids[i]
+        s = forward_logits(t.model, batch.prompt_ids_of(i), y, grad=True)
+        with torch.no_grad():
+            tt = forward_logits(teacher_model, batch.teacher_prompt_ids[i], y, grad=False)
+        ys = torch.tensor(y)
+        s_tok = torch.log_softmax(s, -1).gather(-1, ys[:, None])[:, 0]
+        t_tok = torch.log_softmax(tt, -1).gather(-1, ys[:, None])[:, 0]
+        ratio = torch.exp(s_tok.detach() - torch.tensor(batch.rollout_logp[i], dtype=torch.float64))
+        w = torch.clamp(ratio, max=IS_CLIP)
+        if support == "sampled":
+            per_token = -(t_tok - s_tok).detach() * s_tok
+        else:
+            ps, pt = support_probs(s, tt, support, min(k, s.shape[-1]))
+            per_token = divergence(ps, pt, alpha)
+        total = total + (w * per_token).sum()
+        n_tokens += len(y)
+    return total / n_tokens
+
+
+def method_loss(t, batch, old_logp=None):
+    t.build_teacher_context(batch)
+    t.method.prepare(batch)
+    mb = t._micro_batch(batch, list(range(batch.num_responses)), old_logp)
+    return t.method.loss(mb), mb
+
+
+def flat_gradient(grads, params):
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).double().flatten() for g, p in zip(grads, params)])
+
+
+def assert_close_gradients(got, want, tol=2e-3):
+    """Relative error of the whole gradient vector (float32 pipeline vs float64 reference)."""
+    assert float(want.norm()) > 0
+    err = float((got - want).norm() / want.norm())
+    assert err < tol, f"relative gradient error {err:.2e}"
+
+
+def assert_same_value_and_gradient(t, loss, ref):
+    params = params_of(t.model)
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-3, abs=1e-7)
+    got = torch.autograd.grad(loss, params, allow_unused=True)
+    want = torch.autograd.grad(ref, params, allow_unused=True)
+    got = flat_gradient(got, params)
+    want = flat_gradient(want, params)
+    assert_close_gradients(got, want)
+
+
+# -- the distillation methods -------------------------------------------------------------------------
+
+CASES = [
+    ("sdpo", ["method.teacher=live"], 0.0, "full"),
+    ("sdpo", ["method.teacher=live"], 0.3, "full"),
+    ("sdpo", ["method.teacher=live"], 1.0, "full"),
+    ("sdpo", ["method.teacher=live"], 0.0, "topk"),
+    ("sdpo", ["method.teacher=live"], 0.7, "topk"),
+    ("sdpo", ["method.teacher=live"], 1.0, "topk"),
+    ("vpd", [], 0.0, "topk"),
+    ("vpd", [], 0.3, "full"),
+    ("vpd", [], 1.0, "topk"),
+    ("sdft", [], 0.0, "full"),
+    ("opsd", [], 0.5, "topk"),
+    ("sdpo", [], 0.2, "topk"),        # the default EMA teacher
+]
+
+
+@pytest.mark.parametrize("method,extra,alpha,support", CASES)
+def test_distillation_loss_matches_the_definition(make_trainer, method, extra, alpha, support):
+    t = trainer_for(make_trainer, method, extra + [f"method.alpha={alpha}", f"method.support={support}",
+                                                   "method.topk=5"])
+    batch = toy_batch(t, rollout_shift=rollout_shift)
+    loss, mb = method_loss(t, batch)
+    assert bool(batch.teacher_mask.any())
+    ref = reference_distillation_loss(t, batch, alpha, support, k=5)
+    assert_same_value_and_gradient(t, loss, ref)
+
+
+def test_sampled_support_matches_the_reinforce_surrogate(make_trainer):
+    t = trainer_for(make_trainer, "sdpo", ["method.teacher=live", "method.alpha=1.0", "method.support=sampled"])
+    batch = toy_batch(t, rollout_shift=rollout_shift)
+    loss, _ = method_loss(t, batch)
+    assert_same_value_and_gradient(t, loss, reference_distillation_loss(t, batch, 1.0, "sampled"))
+
+
+def test_importance_weights_matter_in_the_toy_batch(make_trainer):
+    """Guard for the tests above: the toy batch's weights are neither all 1 nor all clipped."""
+    t = trainer_for(make_trainer, "sdpo", ["method.teacher=live"])
+    batch = toy_batch(t, rollout_shift=rollout_shift)
+    _, mb = method_loss(t, batch)
+    ratio = torch.exp(mb.student_token_logp().detach() - mb.rollout_logp)[mb.response_mask > 0]
+    assert (ratio < 0.9).any() and (ratio > IS_CLIP).any() and ((ratio > 1.0) & (ratio < IS_CLIP)).any()
+
+
+@pytest.mark.parametrize("method", ["vpd", "sdpo"])
+def test_the_teacher_forward_carries_no_graph(make_trainer, method):
+    """The live / trained teacher is the student's own weights: its logits must come without a graph,
+    so the M-step gradient is exactly the gradient with the teacher detached."""
+    t = trainer_for(make_trainer, method, ["method.teacher=live"] if method == "sdpo" else [])
+    batch = toy_batch(t, rollout_shift=rollout_shift)
+    _, mb = method_loss(t, batch)
+    logits = mb.teacher_logits_fn()
+    assert not logits.requires_grad and logits.grad_fn is None
+    assert mb.teacher_logits().grad_fn is None
+
+
+# -- GRPO ------------------------------------------------------------------------------------------------
+
+def reference_advantages(rewards, G):
+    r = [float(x) for x in rewards]
+    out = []
+    for g in range(0, len(r), G):
+        grp = r[g:g + G]
+        mean = sum(grp) / G
+        std = math.sqrt(sum((x - mean) ** 2 for x in grp) / (G - 1))      # sample std (n - 1)
+        out += [0.0 if max(grp) == min(grp) else (x - mean) / (std + 1e-6) for x in grp]
+    return out
+
+
+def reference_grpo_loss(t, batch, old=None, eps_low=0.2, eps_high=0.2, scale_by_std=True):
+    adv = reference_advantages(batch.rewards, batch.group_size)
+    if not scale_by_std:
+        r = [float(x) for x in batch.rewards]
+        mean = sum(r) / len(r)
+        adv = [x - mean for x in r]
+    total, n = 0.0, 0
+    for i in range(batch.num_responses):
+        y = batch.response_ids[i]
+        s = forward_logits(t.model, batch.prompt_ids_of(i), y, grad=True)
+        logp = torch.log_softmax(s, -1).gather(-1, torch.tensor(y)[:, None])[:, 0]
+        old_i = logp.detach() if old is None else old[i, :len(y)].double()
+        ratio = torch.exp(logp - old_i)
+        a = adv[i]
+        total = total - torch.minimum(ratio * a, ratio.clamp(1 - eps_low, 1 + eps_high) * a).sum()
+        n += len(y)
+    return total / n
+
+
+def test_grpo_advantages_use_the_sample_std(make_trainer):
+    t = trainer_for(make_trainer, "grpo")
+    batch = toy_batch(t, rewards=(1.0, 0.0, 0.0, 0.0))
+    t.method.prepare(batch)
+    # rewards 1,0,0,0: mean 0.25, sample std sqrt(0.75 / 3) = 0.5 -> advantages 1.5, -0.5, -0.5, -0.5
+    assert batch.extras["advantages"].tolist() == pytest.approx([1.5, -0.5, -0.5, -0.5], abs=1e-5)
+
+
+@pytest.mark.parametrize("method,rewards", [("grpo", (1.0, 0.0, 1.0, 0.0)), ("grpo", (1.0, 0.0, 0.0, 0.0)),
+                                            ("dr_grpo", (1.0, 0.0, 0.0, 0.0))])
+def test_grpo_on_policy_loss_matches_the_definition(make_trainer, method, rewards):
+    t = trainer_for(make_trainer, method)
+    batch = toy_batch(t, rewards=rewards, rollout_shift=rollout_shift)
+    loss, _ = method_loss(t, batch)
+    ref = reference_grpo_loss(t, batch, scale_by_std=method == "grpo")
+    assert_same_value_and_gradient(t, loss, ref)
+
+
+def test_grpo_clipped_loss_with_old_log_probs(make_trainer):
+    """ppo_epochs > 1: the ratio to the behaviour policy's log-probs is clipped at 1 -/+ eps."""
+    t = trainer_for(make_trainer, "grpo", ["method.clip_low=0.2", "method.clip_high=0.28"])
+    batch = toy_batch(t, rewards=(1.0, 0.0, 0.0, 1.0))
+    t.build_teacher_context(batch)
+    t.method.prepare(batch)
+    probe = t._micro_batch(batch, [0, 1, 2, 3])
+    with torch.no_grad():
+        current = probe.student_token_logp()
+    offsets = torch.tensor([-0.5, 0.1, 0.4, -0.05])[:, None]     # ratios 0.61, 1.1, 1.5, 0.95
+    old = current + offsets
+    loss, mb = method_loss(t, batch, old_logp=old)
+    ref = reference_grpo_loss(t, batch, old=old, eps_low=0.2, eps_high=0.28)
+    assert_same_value_and_gradient(t, loss, ref)
+
+
+# -- VPD's E-step ----------------------------------------------------------------------------------------
+
+def reference_estep(t, batch, beta, delta_before, momentum=0.9):
+    """(loss, delta): rho_i = beta (log q(y|x,C) - sg log pi(y|x)), summed over tokens; delta updated
+    with the batch mean of rho *before* the loss; BCO with per-class means."""
+    rhos, success = [], []
+    for i in range(batch.num_responses):
+        if not bool(batch.teacher_mask[i]):
+            continue
+        y = batch.response_ids[i]
+        ys = torch.tensor(y)[:, None]
+        q = torch.log_softmax(forward_logits(t.model, batch.teacher_prompt_ids[i], y, grad=True), -1).gather(-1, ys).sum()
+        with torch.no_grad():
+            p = torch.log_softmax(forward_logits(t.model, batch.prompt_ids_of(i), y, grad=False), -1).gather(-1, ys).sum()
+        rhos.append(beta * (q - p))
+        success.append(float(batch.rewards[i]) >= 1.0)
+    mean_rho = sum(float(r.detach()) for r in rhos) / len(rhos)
+    delta = mean_rho if delta_before is None else momentum * delta_before + (1 - momentum) * mean_rho
+    pos = [r for r, s in zip(rhos, success) if s]
+    neg = [r for r, s in zip(rhos, success) if not s]
+    loss = 0.0
+    if pos:
+        loss = loss - sum(torch.nn.functional.logsigmoid(r - delta) for r in pos) / len(pos)
+    if neg:
+        loss = loss - sum(torch.nn.functional.logsigmoid(-(r - delta)) for r in neg) / len(neg)
+    return loss, delta
+
+
+def run_estep_capturing_gradient(t, monkeypatch):
+    params = params_of(t.model)
+    captured = {}
+
+    def capture():
+        captured["grad"] = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                                      for p in params]).clone()
+        t.optimizer.zero_grad(set_to_none=True)
+        return 0.0
+    monkeypatch.setattr(t, "optimizer_step", capture)
+    out = t.method.e_step()
+    return out, captured["grad"]
+
+
+@pytest.mark.parametrize("micro_batch,delta_before,rewards", [
+    (4, None, (1.0, 0.0, 1.0, 0.0)),       # one micro-batch, first E-step: delta = its own batch mean
+    (1, None, (1.0, 0.0, 0.0, 0.0)),       # four micro-batches (forward-only pre-pass for delta)
+    (4, 0.7, (0.0, 1.0, 1.0, 1.0)),        # a later E-step: delta moves with this batch before the loss
+])
+def test_estep_loss_and_gradient_match_the_definition(make_trainer, monkeypatch, micro_batch, delta_before, rewards):
+    beta = 0.5
+    t = trainer_for(make_trainer, "vpd", ["method.estep_every=1", f"method.beta={beta}",
+                                          f"train.micro_batch_size={micro_batch}"])
+    batch = toy_batch(t, rewards=rewards)
+    t.build_teacher_context(batch)
+    t.method._remember(batch)
+    t.method.delta = delta_before
+    ref_loss, ref_delta = reference_estep(t, batch, beta, delta_before)
+    params = params_of(t.model)
+    want = flat_gradient(torch.autograd.grad(ref_loss, params, allow_unused=True), params)
+    out, got = run_estep_capturing_gradient(t, monkeypatch)
+    assert out["delta"] == pytest.approx(ref_delta, rel=1e-4, abs=1e-6)
+    assert out["estep_loss"] == pytest.approx(float(ref_loss), rel=1e-4, abs=1e-6)
+    assert_close_gradients(got, want)
+
+
+def test_estep_prior_initial_scores_the_frozen_copy(make_trainer, monkeypatch):
+    """prior=initial: after the weights move, rho uses the initial weights' log pi(y|x)."""
+    t = trainer_for(make_trainer, "vpd", ["method.estep_every=1", "method.prior=initial", "method.beta=1.0"])
+    with torch.no_grad():                     # move the live weights away from the initial copy
+        for p in t.model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    batch = toy_batch(t)
+    t.build_teacher_context(batch)
+    t.method._remember(batch)
+    out, _ = run_estep_capturing_gradient(t, monkeypatch)
+    rho_live, rho_initial = [], []
+    for i in range(4):
+        y = batch.response_ids[i]
+        ys = torch.tensor(y)[:, None]
+        with torch.no_grad():
+            q = torch.log_softmax(forward_logits(t.model, batch.teacher_prompt_ids[i], y, False), -1).gather(-1, ys).sum()
+            p0 = torch.log_softmax(forward_logits(t.method.initial_prior, batch.prompt_ids_of(i), y, False), -1).gather(-1, ys).sum()
+            p1 = torch.log_softmax(forward_logits(t.model, batch.prompt_ids_of(i), y, False), -1).gather(-1, ys).sum()
+        rho_initial.append(float(q - p0))
+        rho_live.append(float(q - p1))
+    assert out["delta"] == pytest.approx(sum(rho_initial) / 4, rel=1e-4)
+    assert abs(sum(rho_live) / 4 - sum(rho_initial) / 4) > 1e-3
+
+
+# -- VPD's M-step teacher options -------------------------------------------------------------------------
+
+def test_vpd_refuses_a_frozen_m_step_teacher(make_trainer):
+    from vpd_bench.errors import UserError
+    with pytest.raises(UserError, match="frozen"):
+        trainer_for(make_trainer, "vpd", ["method.teacher=frozen"])
+
+
+def test_vpd_with_an_ema_teacher_moves_it_after_the_estep(make_trainer):
+    """method.teacher=ema for VPD: the M-step reads a slow copy that follows the shared weights,
+    E-step included: after an iteration, copy = (1 - tau) old copy + tau (weights after the E-step)."""
+    import copy
+    from _toy import step_on
+    t = trainer_for(make_trainer, "vpd", ["method.teacher=ema", "method.teacher_tau=0.25", "method.estep_every=1",
+                                          "train.lr=1e-2"])
+    before = copy.deepcopy(dict(t.teacher.copy.named_parameters()))
+    m = step_on(t, toy_batch(t))
+    assert m["estep_loss"] is not None
+    student = dict(t.model.named_parameters())
+    moved = 0
+    for name, p in t.teacher.copy.named_parameters():
+        expected = 0.75 * before[name] + 0.25 * student[name].detach()
+        assert torch.allclose(p, expected, atol=1e-6), name
+        moved += int(not torch.equal(p, before[name]))
+    assert moved > 0
