@@ -16,7 +16,7 @@ returned values). Asserts written in code (HumanEval ``check`` functions, MBPP `
 are *unrolled* once, in the sandbox, by running a rewritten ``check`` in which every call of
 the candidate only records its arguments and every ``assert`` records its check; loops and
 random inputs are seeded (``split_seed``), so the tests are fixed. The candidate's process
-only ever sees arguments; expected values stay in the harness (see ``vpd_bench/sandbox.py``).
+only ever sees arguments; expected values stay in the harness (see ``vpd_bench/sandbox/``).
 
 Splits. ``eval_fraction`` of the problems (seeded by ``split_seed``) are held out entirely for
 evaluation. Each remaining problem's tests are split (seeded) into training-side tests
