@@ -26,6 +26,7 @@ import torch
 from vpd_bench import losses as L
 from vpd_bench.errors import UserError
 from vpd_bench.method import register_method
+from vpd_bench.scoring import response_logits, token_log_probs
 
 from .sdpo import SDPO
 
@@ -50,10 +51,97 @@ class VPD(SDPO):
             self.initial_prior = copy.deepcopy(trainer.model).eval().requires_grad_(False)
         elif self.mcfg.prior != "student":
             raise ValueError(f"method.prior must be 'student' or 'initial', got {self.mcfg.prior!r}")
+        self.fused = bool(self.mcfg.get("estep_fused", False))
+        if self.fused:
+            self._check_fusable()
+        self._fused_parts: list | None = None    # (log q with graph, log prior, success) per micro-batch
+        self._fused_grads = None                 # the fused E-step's gradient, applied after the M-step
+        self._fused_stats: dict = {}
 
-    # The M-step is SDPO's loss with the live teacher (method.teacher = trained): inherited.
+    def _check_fusable(self):
+        m, why = self.mcfg, []
+        if m.estep_buffer != "current":
+            why.append("method.estep_buffer=current (the window holds rollouts the M-step no longer scores)")
+        if int(m.estep_epochs) != 1:
+            why.append("method.estep_epochs=1")
+        if m.prior != "student":
+            why.append("method.prior=student")
+        if m.teacher not in ("trained", "live"):
+            why.append("method.teacher=trained")
+        if self.trainer.dist.enabled:
+            why.append("one process")
+        if why:
+            raise UserError("method.estep_fused=true needs " + ", ".join(why) + "; or set method.estep_fused=false")
+
+    # -- the M-step: SDPO's loss with the live teacher (method.teacher = trained) ---------------------
+    # With estep_fused, on E-step iterations the M-step's teacher forward keeps its graph: its
+    # detached logits serve the M-step (stop-gradient teacher, as always) and its sequence
+    # log-probs are the E-step's log q(y|x,C); the M-step's student forward gives log pi(y|x).
+    # Both are taken at the weights *before* the M-step update (the exact variant takes them
+    # after it), which saves the E-step's own forward passes (docs/method.md).
+
+    def prepare(self, batch):
+        out = super().prepare(batch)
+        fuse = self.fused and batch.step % int(self.mcfg.estep_every) == 0
+        self._fused_parts = [] if fuse else None
+        return out
+
+    def loss(self, mb):
+        if self._fused_parts is None or mb.teacher is None:
+            return super().loss(mb)
+        t = self.trainer
+        graph = response_logits(t.model, mb.teacher, float(t.cfg.rollout.temperature), bool(t.cfg.train.bf16_autocast))
+        mb._cache["t"] = graph.detach()                     # the M-step reads the teacher under stop-gradient
+        loss = super().loss(mb)
+        norm, rows = self.mcfg.length_norm, mb.teacher_rows
+        q = L.sequence_log_prob(token_log_probs(graph, mb.teacher.response_ids), mb.teacher.response_mask, norm)
+        prior = L.sequence_log_prob(mb.student_token_logp()[rows].detach(), mb.response_mask[rows], norm)
+        self._fused_parts.append((q, prior, mb.success[rows]))
+        return loss
+
+    def before_optimizer_step(self):
+        parts, self._fused_parts = self._fused_parts, None
+        if parts is None:
+            return
+        if not parts:
+            self.warn_once("estep-empty", "E-step buffer is empty (no response had feedback): E-step skipped")
+            self._fused_stats = {"estep_loss": None, "delta": self.delta, "estep_size": 0}
+            return
+        q = torch.cat([p[0] for p in parts])
+        prior = torch.cat([p[1] for p in parts])
+        success = torch.cat([p[2] for p in parts]).bool()
+        n, n_success = int(success.numel()), int(success.sum())
+        if n_success in (0, n):
+            self.warn_once("estep-one-class", "E-step buffer holds only one class "
+                                              f"({'successes' if n_success else 'failures'}): using that term alone")
+        rho = L.implicit_reward(q, prior, float(self.mcfg.beta))
+        rho_mean = float(rho.detach().double().mean())
+        self.delta = L.update_running_delta(self.delta, rho_mean, float(self.mcfg.delta_momentum))
+        loss, _ = L.bco_loss(rho, success, self.delta)
+        params = [p for p in self.trainer.model.parameters() if p.requires_grad]
+        self._fused_grads = torch.autograd.grad(loss, params, allow_unused=True)
+        self._fused_stats = {"estep_loss": float(loss.detach()), "delta": self.delta, "estep_rho_mean": rho_mean,
+                             "estep_size": n, "estep_success_frac": n_success / n}
+
+    def _apply_fused_estep(self) -> dict:
+        """The E-step's own optimizer step (at estep_lr), with the gradient taken before the M-step's."""
+        t, grads, self._fused_grads = self.trainer, self._fused_grads, None
+        params = [p for p in t.model.parameters() if p.requires_grad]
+        t.optimizer.zero_grad(set_to_none=True)
+        for p, g in zip(params, grads):
+            p.grad = g
+        with t.learning_rate(self.mcfg.estep_lr):
+            t.optimizer_step()
+        return self._fused_stats
 
     def after_update(self, batch, step):
+        if self.fused:
+            out = {}
+            if step % int(self.mcfg.estep_every) == 0:
+                out = self._apply_fused_estep() if self._fused_grads is not None else dict(self._fused_stats)
+                self._fused_stats = {}
+            self.trainer.teacher.after_step()
+            return out
         self._remember(batch)
         out = self.e_step() if step % int(self.mcfg.estep_every) == 0 else {}
         # a teacher that keeps its own weights (ema) follows the shared ones, E-step included;
@@ -140,11 +228,14 @@ class VPD(SDPO):
     def _token_budget_batches(items, micro_batch_size: int) -> list[list[int]]:
         """E-step micro-batches holding no more padded tokens than an M-step micro-batch of the
         same responses: teacher prompts are longer than student prompts, so a plain count of
-        rows would raise peak memory above the M-step's (benchmarks/README.md)."""
+        rows would raise peak memory above the M-step's (benchmarks/README.md). Rows are taken
+        shortest first, so that each micro-batch pads little."""
         student_len = max(len(it["prompt"]) + len(it["response"]) for it in items)
         budget = micro_batch_size * student_len
         batches, current, widest = [], [], 0
-        for i, it in enumerate(items):
+        # shortest first: rows of similar width share a micro-batch, which cuts padding
+        for i in sorted(range(len(items)), key=lambda j: len(items[j]["teacher_prompt"]) + len(items[j]["response"])):
+            it = items[i]
             width = len(it["teacher_prompt"]) + len(it["response"])
             if current and (len(current) + 1) * max(widest, width) > budget:
                 batches.append(current)

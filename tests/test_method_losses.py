@@ -374,3 +374,53 @@ def test_vpd_with_an_ema_teacher_moves_it_after_the_estep(make_trainer):
         assert torch.allclose(p, expected, atol=1e-6), name
         moved += int(not torch.equal(p, before[name]))
     assert moved > 0
+
+
+# -- VPD's fused E-step (method.estep_fused) -------------------------------------------------------------
+
+@pytest.mark.parametrize("micro_batch", [4, 2])
+def test_fused_estep_takes_the_exact_estep_gradient_at_the_weights_before_the_m_step(make_trainer, monkeypatch,
+                                                                                       micro_batch):
+    """estep_fused: one pass serves both steps. The M-step gradient is unchanged (teacher detached)
+    and the E-step gradient equals the definition's, with log q and log pi taken at the weights the
+    M-step started from; the E-step's own update follows the M-step's."""
+    beta = 0.5
+    common = ["method.estep_every=1", f"method.beta={beta}", "method.estep_buffer=current",
+              f"train.micro_batch_size={micro_batch}"]
+    t = trainer_for(make_trainer, "vpd", common + ["method.estep_fused=true"])
+    batch = toy_batch(t, rewards=(1.0, 0.0, 0.0, 1.0), rollout_shift=rollout_shift)
+    t.build_teacher_context(batch)
+    params = params_of(t.model)
+    ref_m = reference_distillation_loss(t, batch, float(t.cfg.method.alpha), "topk")
+    want_m = flat_gradient(torch.autograd.grad(ref_m, params, allow_unused=True), params)
+    ref_e, ref_delta = reference_estep(t, batch, beta, None)
+    want_e = flat_gradient(torch.autograd.grad(ref_e, params, allow_unused=True), params)
+    steps = []
+
+    def capture():
+        steps.append(flat_gradient([p.grad for p in params], params))
+        t.optimizer.zero_grad(set_to_none=True)
+        return 0.0
+    monkeypatch.setattr(t, "optimizer_step", capture)
+    t.update_student(batch)
+    out = t.method.after_update(batch, batch.step)
+    assert len(steps) == 2                          # the M-step's update, then the E-step's
+    assert_close_gradients(steps[0], want_m)
+    assert_close_gradients(steps[1], want_e)
+    assert out["delta"] == pytest.approx(ref_delta, rel=1e-4, abs=1e-6)
+    assert out["estep_loss"] == pytest.approx(float(ref_e.detach()), rel=1e-4, abs=1e-6)
+
+
+def test_fused_estep_is_refused_where_it_cannot_be_exact_about_its_inputs(make_trainer):
+    from vpd_bench.errors import UserError
+    with pytest.raises(UserError, match="estep_buffer=current"):
+        trainer_for(make_trainer, "vpd", ["method.estep_fused=true"])          # default window buffer
+
+
+def test_fused_vpd_runs_and_logs_its_estep(make_trainer):
+    from _toy import step_on
+    t = trainer_for(make_trainer, "vpd", ["method.estep_fused=true", "method.estep_buffer=current",
+                                          "method.estep_every=2", "train.lr=1e-3"])
+    first = step_on(t, toy_batch(t, step=1))
+    second = step_on(t, toy_batch(t, step=2))
+    assert "estep_loss" not in first and second["estep_loss"] is not None and second["estep_size"] == 4

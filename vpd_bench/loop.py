@@ -259,6 +259,7 @@ class Trainer:
                     for k, v in mb.stats.items():
                         stats.setdefault(k, []).extend(v)
                 del mb
+            self.method.before_optimizer_step()
             grad_norm = self.optimizer_step()
             losses.append(total)
         self.scheduler.step()

@@ -103,6 +103,10 @@ class Method:
     def ppo_epochs(self) -> int:
         return 1
 
+    def before_optimizer_step(self) -> None:
+        """Called after every micro-batch's loss has been backpropagated and before the student's
+        optimizer step (VPD's fused E-step takes its gradient here, at the pre-update weights)."""
+
     # -- stage: update the teacher ---------------------------------------------------------------
     def after_update(self, batch: RolloutBatch, step: int) -> dict:
         return {}
