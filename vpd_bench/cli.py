@@ -1,4 +1,4 @@
-"""The `vpd-bench` command: run, validate, ls, eval, report, verify."""
+"""The `vpd-bench` command: run, validate, ls, tune, eval, report, verify."""
 from __future__ import annotations
 
 import argparse
@@ -33,6 +33,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=1, help="parallel local runs for a sweep")
     p.add_argument("--launcher", default="local", choices=["local", "ray"], help="where sweep runs execute")
     p.add_argument("--address", default=None, help="Ray cluster address (with --launcher ray)")
+    p.add_argument("--tuned", default=None, metavar="CHOSEN_YAML",
+                   help="apply each method's chosen overrides from `vpd-bench tune` (its chosen.yaml) to that "
+                        "method's runs; overrides given on the command line win over them")
     p.add_argument("--grid-label", default="", help=argparse.SUPPRESS)
     p.add_argument("--no-skip-label", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. train.lr=1e-5 method.alpha=0.5")
@@ -56,8 +59,19 @@ def _specs(args):
         raise UserError(f"unknown option {bad[0]!r}: see `vpd-bench run --help`")
     preset = args.preset or sweep.get("preset")
     model = args.model or sweep.get("model")
-    specs = expand(methods, tasks, feedbacks, seeds, model, preset, args.engine, overrides,
-                   args.out or sweep.get("out", "runs"), sweep.get("grid"))
+    out = args.out or sweep.get("out", "runs")
+    if getattr(args, "tuned", None):
+        from .tune import apply_tuned, load_tuned
+        tuned = load_tuned(args.tuned)
+        untuned = [m for m in methods if m not in tuned]
+        if untuned:
+            log.warning("%s has no tuned values for %s: they run at their defaults", args.tuned, ", ".join(untuned))
+        per_method = [expand([m], tasks, feedbacks, seeds, model, preset, args.engine, apply_tuned(tuned, m, overrides),
+                             out, sweep.get("grid")) for m in methods]
+        order = {s: i for i, s in enumerate(seeds)}   # seed-major, as expand orders a sweep
+        specs = sorted((s for group in per_method for s in group), key=lambda s: order[s.seed])
+    else:
+        specs = expand(methods, tasks, feedbacks, seeds, model, preset, args.engine, overrides, out, sweep.get("grid"))
     if args.grid_label:
         for s in specs:
             s.grid_label = args.grid_label
@@ -184,6 +198,37 @@ def cmd_ls(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from .tune import DEFAULT_OUT, parse_grid, tune
+    methods = _csv(args.methods) or ["grpo"]
+    tasks = _csv(args.task) or ["debug"]
+    if len(tasks) != 1:
+        raise UserError("tune one task at a time (--task NAME); its choice is written to --out")
+    feedbacks = _csv(args.feedback) or [None]
+    if len(feedbacks) != 1:
+        raise UserError("tune with one feedback source at a time (--feedback NAME)")
+    bad = [o for o in args.overrides if o.startswith("--")]
+    if bad:
+        raise UserError(f"unknown option {bad[0]!r}: see `vpd-bench tune --help`")
+    if args.seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    overrides = list(args.overrides) + ([f"train.steps={args.steps}"] if args.steps is not None else [])
+    out = args.out or DEFAULT_OUT
+    result, paths = tune(methods, tasks[0], parse_grid(args.grid), list(range(args.seeds)), feedbacks[0], args.model,
+                         args.preset, args.engine, overrides, out, jobs=args.jobs, metric=args.metric,
+                         train=not args.no_train)
+    print(f"\n== vpd-bench tune: {tasks[0]}, validation {args.metric}, {len(result['seeds'])} seed(s) ==")
+    print("rule: " + result["rule"])
+    for method, m in result["methods"].items():
+        skipped = f"  (not applied: {', '.join(m['skipped_keys'])})" if m["skipped_keys"] else ""
+        chosen = " ".join(m.get("chosen_overrides") or []) or "no choice"
+        print(f"  {method:<10} {chosen}  [{len(m['points'])} point(s); {m['reason']}]{skipped}")
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    print("use them: " + result["command"])
+    return 1 if result["failures"] else 0
+
+
 def cmd_eval(args) -> int:
     from .standalone_eval import eval_main
     return eval_main(args)
@@ -228,6 +273,30 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(sub.add_parser("run", help="train one run or a sweep"))
     _run_args(sub.add_parser("validate", help="compose configs, check assets, print the plan; run nothing"))
     sub.add_parser("ls", help="list methods, tasks, feedback sources, models, presets, sweeps")
+    t = sub.add_parser("tune", help="choose each method's settings on a validation split (same grid and budget for all)",
+                       description="Run every method at every grid point (same steps and seeds) evaluating on the "
+                                   "validation split (eval.split=validation: the last eval.validation_problems training "
+                                   "problems, held back from training in every run), choose one point per method by a "
+                                   "stated rule, and write tuning.json, tuning.md, chosen.yaml and tuning.png to --out. "
+                                   "Re-running skips complete runs. Use the choice with `vpd-bench run --tuned "
+                                   "OUT/chosen.yaml`. See docs/tuning.md.")
+    t.add_argument("--methods", "--method", default=None, help="comma-separated methods (default: grpo)")
+    t.add_argument("--task", default=None, help="one task (default: debug)")
+    t.add_argument("--feedback", default=None, help="one feedback source (default: env+sibling)")
+    t.add_argument("--model", default=None, help="model name from `vpd-bench ls`, a hub id or a local folder")
+    t.add_argument("--preset", default=None, help="preset, e.g. cpu")
+    t.add_argument("--engine", default=None, help="rollout engine: hf (default) or vllm")
+    t.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a grid key and its values, repeatable (e.g. --grid train.lr=3e-6,1e-5,3e-5 --grid "
+                        "method.beta=0.01,0.1); a key a method does not have is applied only to the methods that have it")
+    t.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 for every grid point (default 1)")
+    t.add_argument("--steps", type=int, default=None, help="training steps (overrides train.steps)")
+    t.add_argument("--metric", default="pass@1", help="validation metric to choose by: pass@1 (default), avg@k, "
+                                                      "greedy, pass@k")
+    t.add_argument("--jobs", type=int, default=1, help="parallel local runs")
+    t.add_argument("--out", default=None, help="output folder for the runs and the choice (default runs/tuning)")
+    t.add_argument("--no-train", action="store_true", help="run nothing: choose from the runs already in --out")
+    t.add_argument("overrides", nargs="*", help="config overrides key=value applied to every run")
     e = sub.add_parser("eval", help="evaluate a run's checkpoint or a model on a task's held-out split")
     e.add_argument("--run", default=None, help="run folder")
     e.add_argument("--model", default=None)
@@ -269,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "eval": cmd_eval, "report": cmd_report,
-            "verify": cmd_verify}
+            "verify": cmd_verify, "tune": cmd_tune}
 
 
 def parse(argv):
@@ -278,7 +347,7 @@ def parse(argv):
     if unknown:
         # `--key=value` is accepted as a config override (checked against the config like any other)
         # (and key=value after other options, which argparse leaves over)
-        if args.command in ("run", "validate", "verify", "eval") and all("=" in u for u in unknown):
+        if args.command in ("run", "validate", "verify", "eval", "tune") and all("=" in u for u in unknown):
             args.overrides = list(args.overrides) + [u[2:] if u.startswith("--") else u for u in unknown]
         else:
             parser.error(f"unrecognized arguments: {' '.join(unknown)} (see `vpd-bench {args.command} --help`; "

@@ -84,6 +84,9 @@ class Trainer:
         self.train_problems = self.task.train_problems()
         if not self.train_problems:
             raise UserError(f"task '{cfg.task.name}' has no training problems")
+        from .tune import hold_out_validation        # the last training problems, never trained on (eval.split)
+        self.train_problems, self.validation_problems = hold_out_validation(
+            self.train_problems, int(cfg.eval.get("validation_problems", 0)), str(cfg.eval.get("split", "heldout")))
         self.chat = bool(cfg.model.chat) and cfg.task.prompt_format == "chat" and cfg.setting != "cold_start"
         self.engine = self._build_engine()
         self.feedback = CombinedFeedback(cfg.feedback)
@@ -360,7 +363,8 @@ class Trainer:
     # -- evaluation -----------------------------------------------------------------------------------
     def evaluate(self, step: int) -> dict:
         ecfg = self.cfg.eval
-        problems = self.task.eval_problems()
+        validation = str(ecfg.get("split", "heldout")) == "validation"
+        problems = list(self.validation_problems) if validation else self.task.eval_problems()
         if int(ecfg.num_problems) > 0:
             problems = problems[:int(ecfg.num_problems)]
         t0 = time.perf_counter()

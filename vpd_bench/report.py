@@ -568,7 +568,7 @@ LEADERBOARD_COLUMNS = (
     "rank", "metric", "n_runs", "n_partial", "n_no_eval",
     "final_mean", "final_stderr", "best_mean", "best_stderr", "best_n_seeds",
     "initial_mean", "initial_stderr", "train_reward_mean", "train_reward_stderr",
-    "steps_completed_mean", "wall_time_s_mean", "seeds", "revisions", "flags", "higher_is_better",
+    "steps_completed_mean", "wall_time_s_mean", "seeds", "revisions", "flags", "higher_is_better", "settings",
 )
 
 CI_BOOTSTRAP = "bootstrap(seeds x problems)"
@@ -633,6 +633,77 @@ def _verdict(lo: float, hi: float, higher: bool, baseline: str, n_pairs: int) ->
         better = (lo > 0) == higher
         return True, f"{'better' if better else 'worse'} than {baseline}"
     return False, "no significant difference"
+
+
+_METHOD_DEFAULTS: dict[str, Any] = {}
+
+
+def _method_defaults(method: str, task: dict) -> dict | None:
+    """The ``method`` section a run of ``method`` gets with no override, read from this version's
+    ``conf/method/`` (its ``defaults`` chain merged) and resolved against the run's own ``task``
+    section (``alpha: ${task.distill_alpha}``); None for a method this version does not know."""
+    from omegaconf import OmegaConf
+
+    from vpd_bench.config import CONF_DIR
+
+    def load(name: str, depth: int = 0):
+        path = CONF_DIR / "method" / f"{name}.yaml"
+        if depth > 8 or not path.is_file():
+            return None
+        node = OmegaConf.load(path)
+        parents = [d for d in (node.pop("defaults", None) or []) if isinstance(d, str) and d != "_self_"]
+        merged = OmegaConf.create()
+        for parent in parents:
+            base = load(parent, depth + 1)
+            if base is None:
+                return None
+            merged = OmegaConf.merge(merged, base)
+        return OmegaConf.merge(merged, node)
+
+    if method not in _METHOD_DEFAULTS:
+        try:
+            _METHOD_DEFAULTS[method] = load(method)
+        except Exception:             # an unreadable file: no defaults to compare with
+            _METHOD_DEFAULTS[method] = None
+    raw = _METHOD_DEFAULTS[method]
+    if raw is None:
+        return None
+    try:
+        both = OmegaConf.create({"method": raw, "task": task if isinstance(task, dict) else {}})
+        return OmegaConf.to_container(both.method, resolve=True)
+    except Exception:                 # an interpolation the run's task cannot resolve
+        return None
+
+
+def _setting_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def run_settings(run: RunRecord) -> str:
+    """What a reader needs to know was compared: the run's learning rate, every ``method.*`` value
+    that differs from the method's defaults (``vpd-bench tune`` choices, sweeps, overrides), and the
+    evaluated split when it is not the held-out one. E.g. ``lr=1e-05, beta=0.01``."""
+    config = run.config or ((run.results or {}).get("config") or {})
+    if not isinstance(config, dict):
+        return ""
+    parts = []
+    lr = (config.get("train") or {}).get("lr") if isinstance(config.get("train"), dict) else None
+    if lr is not None:
+        parts.append(f"lr={_setting_value(lr)}")
+    method = config.get("method") if isinstance(config.get("method"), dict) else {}
+    defaults = _method_defaults(str(method.get("name")), config.get("task")) if method.get("name") else None
+    if defaults is not None:
+        for key, value in method.items():
+            if key != "name" and key in defaults and defaults[key] != value:
+                parts.append(f"{key}={_setting_value(value)}")
+            elif key not in defaults:
+                parts.append(f"{key}={_setting_value(value)}")
+    split = (config.get("eval") or {}).get("split") if isinstance(config.get("eval"), dict) else None
+    if split not in (None, "heldout"):
+        parts.append(f"eval.split={split}")
+    return ", ".join(parts)
 
 
 def build_leaderboard(runs: list[RunRecord], metric: str = DEFAULT_METRIC, budget_steps: int | None = None,
@@ -711,6 +782,7 @@ def build_leaderboard(runs: list[RunRecord], metric: str = DEFAULT_METRIC, budge
             "seeds": sorted(r.seed for r in members if r.seed is not None),
             "revisions": ", ".join(sorted({r.revision for r in members})),
             "flags": "; ".join(flags), "higher_is_better": higher,
+            "settings": " | ".join(dict.fromkeys(run_settings(r) for r in members if run_settings(r))),
         })
 
     if baseline is not None:
@@ -823,7 +895,7 @@ def _table_cells(row: dict) -> list[str]:
             _fmt(row["best_mean"], row["best_stderr"]),
             _fmt(row["train_reward_mean"], row["train_reward_stderr"]),
             "n/a" if math.isnan(row["steps_completed_mean"]) else f"{row['steps_completed_mean']:.0f}",
-            _fmt_wall(row["wall_time_s_mean"]), row["flags"]]
+            _fmt_wall(row["wall_time_s_mean"]), row["flags"], row.get("settings", "")]
 
 
 FINAL_COL, VS_COL = 5, 8   # positions of the final score and the baseline comparison in _table_cells
@@ -832,7 +904,7 @@ FINAL_COL, VS_COL = 5, 8   # positions of the final score and the baseline compa
 def _table_header(metric: str, baseline: str | None = None) -> list[str]:
     return ["task", "method", "feedback", "seeds", f"initial {metric}", f"final {metric}",
             "\u0394 final \u2212 initial [95% CI]", "CI", f"vs {baseline or 'baseline'} [95% CI]", "verdict",
-            f"best {metric} \u2264 budget", "train reward (final)", "steps", "wall-clock", "flags"]
+            f"best {metric} \u2264 budget", "train reward (final)", "steps", "wall-clock", "flags", "settings"]
 
 
 def _mde_lines(rows: list[dict]) -> list[str]:
@@ -915,10 +987,12 @@ def leaderboard_markdown(rows: list[dict], metric: str, budget_steps: int | None
         lines += ["- Smallest detectable difference (MDE): " + "; ".join(mde) + ".", f"  {MDE_FORMULA}."]
     lines += ["", "Initial / final cells are mean \u00b1 standard error over seeds (no \u00b1 with one seed). "
               "Seeds = runs with a score / runs. " + _stats_explanation(baseline)
-              + " Rows are sorted by mean final score within each task (not a test). \u2020: includes partial runs.", ""]
+              + " Rows are sorted by mean final score within each task (not a test). \u2020: includes partial runs."
+              " Settings: each row's learning rate and the method values that differ from the method's defaults"
+              " (e.g. chosen by `vpd-bench tune`), so the table says what was compared.", ""]
     header = _table_header(metric, baseline)
     lines.append("| " + " | ".join(header) + " |")
-    text_cols = {0, 1, 2, 7, 9, len(header) - 1}
+    text_cols = {0, 1, 2, 7, 9, len(header) - 2, len(header) - 1}
     lines.append("|" + "|".join("---" if i in text_cols else "---:" for i in range(len(header))) + "|")
     top = _winners(rows)
     for i, row in enumerate(rows):

@@ -41,7 +41,7 @@ def closing_summary(run_dirs: list[Path], out_root: str | Path, methods: list[st
             f"{'failing' if s['all_fail'] else 'at one reward'})" for d, s in flat) + ".")
         lines.append("  A group whose responses all get the same reward teaches GRPO nothing and gives the "
                      "distillation methods no passing sibling. Try an easier task setting (e.g. "
-                     "`--task math`), a larger model (e.g. "
+                     "`--task math --preset cpu`), a larger model (e.g. "
                      "`--model qwen2.5-coder-0.5b` for code), a larger group (`train.group_size=8`), or more steps.")
     lines.append("")
     lines.append(f"Full report (plots, HTML, per-run table): vpd-bench report {out_root} --out {Path(out_root) / 'report'}")
