@@ -127,12 +127,39 @@ class VPD(SDPO):
         """The E-step's own optimizer step (at estep_lr), with the gradient taken before the M-step's."""
         t, grads, self._fused_grads = self.trainer, self._fused_grads, None
         params = [p for p in t.model.parameters() if p.requires_grad]
+        before = self._probe()
         t.optimizer.zero_grad(set_to_none=True)
         for p, g in zip(params, grads):
             p.grad = g
         with t.learning_rate(self.mcfg.estep_lr):
             t.optimizer_step()
-        return self._fused_stats
+        return {**self._fused_stats, **self._probe_stats(before, self._probe())}
+
+    # -- diagnostics: what an E-step does to the student ------------------------------------------
+    def _probe(self) -> dict | None:
+        """Greedy pass rate and mean length of the student on a fixed set of probe prompts (the
+        validation problems, else the first training problems). The teacher shares the student's
+        weights and optimizer state, so an E-step moves the student too: this measures how much.
+        Greedy decoding uses no random numbers, so training is unchanged by it."""
+        n = int(self.mcfg.get("estep_probe", 0) or 0)
+        t = self.trainer
+        if n <= 0 or getattr(t.engine, "name", "hf") != "hf" or t.dist.enabled:
+            return None
+        problems = list(getattr(t, "validation_problems", None) or t.train_problems)[:n]
+        prompts = [t.encode_prompt(t.task.render_prompt(p)) for p in problems]
+        gen = t.engine.generate(prompts, 1, int(t.cfg.rollout.max_new_tokens), greedy=True, seed=0,
+                                stop=list(t.cfg.rollout.stop))
+        texts = [t.tokenizer.decode(r, skip_special_tokens=True) for r in gen.response_ids]
+        verdicts = t.task.verify_batch(problems, texts, split="eval")
+        return {"pass": sum(v.reward >= 1.0 for v in verdicts) / len(verdicts),
+                "len": sum(len(r) for r in gen.response_ids) / len(gen.response_ids)}
+
+    @staticmethod
+    def _probe_stats(before, after) -> dict:
+        if before is None or after is None:
+            return {}
+        return {"estep_probe_pass_before": before["pass"], "estep_probe_pass_after": after["pass"],
+                "estep_probe_len_before": before["len"], "estep_probe_len_after": after["len"]}
 
     def after_update(self, batch, step):
         if self.fused:
@@ -176,6 +203,7 @@ class VPD(SDPO):
             self.warn_once("estep-one-class", "E-step buffer holds only one class "
                                               f"({'successes' if n_failure == 0 else 'failures'}): using that term alone")
         t = self.trainer
+        probe_before = self._probe()
         beta, norm = float(self.mcfg.beta), self.mcfg.length_norm
         mbs = self._estep_micro_batches(items)
         # log pi_prior(y|x) with the weights as they are now, before any E-step update
@@ -213,7 +241,8 @@ class VPD(SDPO):
                     total += float(loss.detach())
                 t.optimizer_step()
         return {"estep_loss": total / epochs, "delta": self.delta, "estep_rho_mean": rho_mean,
-                "estep_size": len(items), "estep_success_frac": n_success / len(items)}
+                "estep_size": len(items), "estep_success_frac": n_success / len(items),
+                **self._probe_stats(probe_before, self._probe())}
 
     # Two hooks that multi-process training replaces (vpd_bench/distributed.py): which E-step
     # micro-batches this process runs, and summing a statistic over processes.

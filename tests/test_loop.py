@@ -222,3 +222,21 @@ def test_vpd_without_esteps_is_sdpo_with_a_live_teacher(tmp_path):
     ev = (the_run(tmp_path / "V", "vpd", "env+sibling") / "eval_samples.jsonl").read_text()
     es = (the_run(tmp_path / "S", "sdpo", "env+sibling") / "eval_samples.jsonl").read_text()
     assert ev == es
+
+
+def test_parallel_plan_uses_every_core_once():
+    from vpd_bench.sweep import parallel_plan, parse_jobs
+    assert parallel_plan(1, "auto", cores=2) == (1, 2)        # one run: in-process, both cores
+    assert parallel_plan(4, "auto", cores=2) == (2, 1)        # a sweep: one single-threaded run per core
+    assert parallel_plan(12, "auto", cores=16) == (12, 1)
+    assert parallel_plan(3, "auto", cores=16) == (3, 5)
+    assert parallel_plan(4, 1, cores=2) == (1, 2) and parallel_plan(4, 3, cores=2) == (3, 1)
+    assert parse_jobs("auto") == "auto" and parse_jobs("2") == 2
+    with pytest.raises(Exception, match="positive"):
+        parse_jobs("0")
+
+
+def test_validate_prints_the_parallel_plan(tmp_path, capsys):
+    assert main(["validate", "--methods", "grpo,sdpo", "--task", "debug", "--model", "tiny-random", "--seeds", "2",
+                 "--out", str(tmp_path), "--jobs", "2"]) == 0
+    assert "2 parallel job(s) x" in capsys.readouterr().out

@@ -424,3 +424,39 @@ def test_fused_vpd_runs_and_logs_its_estep(make_trainer):
     first = step_on(t, toy_batch(t, step=1))
     second = step_on(t, toy_batch(t, step=2))
     assert "estep_loss" not in first and second["estep_loss"] is not None and second["estep_size"] == 4
+
+
+# -- diagnostics that must not change training ---------------------------------------------------------
+
+def test_stop_log_probs_are_the_eos_log_probs_of_failed_responses(make_trainer, monkeypatch):
+    """stop_logp_student / stop_logp_teacher: on failed responses the student ended itself, the
+    log-probability of their last token (the EOS) under the student and under the teacher."""
+    t = trainer_for(make_trainer, "sdpo", ["method.teacher=live"])
+    batch = toy_batch(t, rewards=(1.0, 0.0, 1.0, 0.0))
+    batch.finish_reasons = ["eos", "eos", "eos", "length"]          # row 3 was cut: not counted
+    monkeypatch.setattr(t, "optimizer_step", lambda: 0.0)
+    t.build_teacher_context(batch)
+    out = t.update_student(batch)
+    y = batch.response_ids[1]
+    ys = torch.tensor(y)[:, None]
+    with torch.no_grad():
+        s = torch.log_softmax(forward_logits(t.model, batch.prompt_ids_of(1), y, False), -1).gather(-1, ys)[-1, 0]
+        q = torch.log_softmax(forward_logits(t.model, batch.teacher_prompt_ids[1], y, False), -1).gather(-1, ys)[-1, 0]
+    assert out["stop_logp_student"] == pytest.approx(float(s), abs=1e-4)
+    assert out["stop_logp_teacher"] == pytest.approx(float(q), abs=1e-4)
+    assert out["stop_logp_student"] != pytest.approx(out["stop_logp_teacher"], abs=1e-3)
+
+
+def test_estep_probe_reports_before_and_after_and_changes_nothing(make_trainer):
+    from _toy import step_on
+    runs = {}
+    for probe in (0, 4):
+        t = trainer_for(make_trainer, "vpd", [f"method.estep_probe={probe}", "method.estep_every=1", "train.lr=1e-3"],)
+        outs = [step_on(t, toy_batch(t, step=s)) for s in (1, 2)]
+        runs[probe] = outs
+    assert [o["loss"] for o in runs[0]] == [o["loss"] for o in runs[4]]
+    assert [o["estep_loss"] for o in runs[0]] == [o["estep_loss"] for o in runs[4]]
+    assert "estep_probe_pass_before" not in runs[0][0]
+    for key in ("estep_probe_pass_before", "estep_probe_pass_after", "estep_probe_len_before", "estep_probe_len_after"):
+        assert runs[4][1][key] is not None
+    assert 0.0 <= runs[4][1]["estep_probe_pass_after"] <= 1.0 and runs[4][1]["estep_probe_len_after"] > 0

@@ -17,6 +17,11 @@ def _csv(text: str | None) -> list[str] | None:
     return [x.strip() for x in text.split(",") if x.strip()] if text else None
 
 
+def _jobs(text):
+    from .sweep import parse_jobs
+    return parse_jobs(text)
+
+
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", "--method", default=None, help="comma-separated methods (default: grpo)")
     p.add_argument("--task", "--tasks", default=None, help="task, or comma-separated tasks (default: debug)")
@@ -30,7 +35,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep", default=None, help="a sweep config from conf/sweep/ (adds its grid)")
     p.add_argument("--out", default=None, help="output root (default runs/)")
     p.add_argument("--resume", action="store_true", help="continue partial runs from their last checkpoint")
-    p.add_argument("--jobs", type=int, default=1, help="parallel local runs for a sweep")
+    p.add_argument("--jobs", type=_jobs, default="auto",
+                   help="parallel local runs for a sweep: a number, or auto (default: one per core, up to the number "
+                        "of runs, threads per run = cores / jobs; the plan is logged)")
     p.add_argument("--launcher", default="local", choices=["local", "ray"], help="where sweep runs execute")
     p.add_argument("--address", default=None, help="Ray cluster address (with --launcher ray)")
     p.add_argument("--tuned", default=None, metavar="CHOSEN_YAML",
@@ -47,6 +54,10 @@ def _specs(args):
     methods = _csv(args.methods) or sweep.get("methods") or ["grpo"]
     tasks = _csv(args.task) or sweep.get("tasks") or ["debug"]
     feedbacks = _csv(args.feedback) or sweep.get("feedback")
+    if args.seeds is not None and args.seeds < 1:
+        raise UserError(f"--seeds must be at least 1 (it runs seeds 0..N-1), got {args.seeds}")
+    if args.seed is not None and args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
     if args.seed is not None:
         seeds = [args.seed]
     else:
@@ -78,9 +89,30 @@ def _specs(args):
     return specs
 
 
+def check_writable(out) -> None:
+    """--out must be a folder we can write to (or one we can create): checked before any run starts,
+    by writing and removing a probe file in the nearest existing folder."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: give a folder for the runs")
+    probe_dir = path
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise UserError(f"--out {out}: {probe_dir} is a file, so the folder cannot be created")
+    try:
+        import tempfile
+        with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".vpd-bench-write-test-"):
+            pass
+    except OSError as err:
+        raise UserError(f"--out {out} is not writable ({probe_dir}: {err.strerror}): choose another folder") from None
+
+
 def cmd_run(args) -> int:
     from .sweep import run_local, run_one, run_status
     specs = _specs(args)
+    for root in sorted({str(s.out) for s in specs}):
+        check_writable(root)
     log.info("%d run(s): %s", len(specs), ", ".join(str(s.run_dir()) for s in specs))
     if args.launcher == "ray":
         from .ray_launcher import run_ray
@@ -119,7 +151,10 @@ def cmd_validate(args) -> int:
         problems += check_assets(cfg)
     first = specs[0].compose()
     print("# resolved config of the first run\n" + to_yaml(first))
-    print(f"# plan: {len(specs)} run(s)")
+    from .sweep import parallel_plan
+    jobs, threads = parallel_plan(len(specs), getattr(args, "jobs", "auto"))
+    print(f"# plan: {len(specs)} run(s), {jobs} parallel job(s) x {threads} thread(s) each "
+          f"({os.cpu_count() or 1} core(s); --jobs to change)")
     for spec in specs:
         d = spec.run_dir()
         print(f"  {d}  [{run_status(d, int(spec.compose().train.steps))}]")
@@ -249,9 +284,12 @@ def cmd_verify(args) -> int:
     cfg = compose(task=args.task, overrides=args.overrides)
     task = build_task(cfg)
     try:
-        completion = Path(args.completion).read_text() if args.completion != "-" else sys.stdin.read()
+        completion = Path(args.completion).read_text(encoding="utf-8") if args.completion != "-" else sys.stdin.read()
     except OSError as err:
         raise UserError(f"cannot read completion file {args.completion}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"completion file {args.completion} is not UTF-8 text (byte {err.start}: "
+                        f"{err.reason}); save it as UTF-8") from None
     problems = {p.id: p for p in task.train_problems()}
     held_out = {p.id: p for p in task.eval_problems()}
     problems.update(held_out)
@@ -293,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=None, help="training steps (overrides train.steps)")
     t.add_argument("--metric", default="pass@1", help="validation metric to choose by: pass@1 (default), avg@k, "
                                                       "greedy, pass@k")
-    t.add_argument("--jobs", type=int, default=1, help="parallel local runs")
+    t.add_argument("--jobs", type=_jobs, default="auto",
+                   help="parallel local runs: a number, or auto (default: one per core, threads per run = cores / jobs)")
     t.add_argument("--out", default=None, help="output folder for the runs and the choice (default runs/tuning)")
     t.add_argument("--no-train", action="store_true", help="run nothing: choose from the runs already in --out")
     t.add_argument("overrides", nargs="*", help="config overrides key=value applied to every run")

@@ -83,6 +83,10 @@ def compose(method: str = "grpo", task: str = "debug", feedback: str | None = No
         if model in group_options("model"):
             group_overrides.append(f"model={model}")
         elif _looks_like_hf_model(model):
+            if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
+                raise UserError(f"model folder '{model}' does not exist. Give a folder saved with save_pretrained "
+                                f"(config.json, weights, tokenizer), a hub id such as 'HuggingFaceTB/SmolLM2-135M-Instruct' "
+                                f"(needs hub access), or an offline model: {', '.join(group_options('model'))}")
             group_overrides += ["model=hf", f"model.path={model}"]
         else:
             _check_name("model", model)
@@ -112,6 +116,8 @@ def compose(method: str = "grpo", task: str = "debug", feedback: str | None = No
         return compose(method, task, feedback, cfg.task.default_model, preset, engine, overrides)
     if cfg.setting not in ("instruct", "cold_start"):
         raise UserError(f"setting must be 'instruct' or 'cold_start', got {cfg.setting!r}")
+    from .validation import check_config
+    check_config(cfg, base, user)          # types and ranges, before anything is created
     return cfg
 
 

@@ -274,6 +274,9 @@ class Trainer:
         for key in ("divergence", "clip_frac"):
             out.setdefault(key, None)        # every health key is present in every row (null if n/a)
         out["teacher_gain"] = teacher_gain(stats.get("gain", []))
+        stop = stats.get("stop", [])
+        out["stop_logp_student"] = float(torch.cat([a for a, _ in stop]).mean()) if stop else None
+        out["stop_logp_teacher"] = float(torch.cat([b for _, b in stop]).mean()) if stop else None
         return out
 
     def optimizer_step(self) -> float:
@@ -337,6 +340,7 @@ class Trainer:
             "masked_teacher_frac": float(1 - batch.teacher_mask.float().mean()) if has_teacher else None,
             "teacher_trunc_frac": (sum(batch.teacher_truncated) / batch.num_responses) if has_teacher else None,
             "response_len": float(batch.response_lengths().mean()),
+            **_length_profile(batch),
             "lr": self.optimizer.param_groups[0]["lr"],
             "step_time_s": t_end - t0, "generate_s": t_gen - t0, "verify_s": t_ver - t_gen,
             "update_s": t_upd - t_ver, "teacher_update_s": t_end - t_upd,
@@ -521,6 +525,15 @@ class Trainer:
         except ImportError:
             raise UserError("train.tensorboard=true needs tensorboard: pip install 'vpd-bench[tensorboard]'") from None
         return SummaryWriter(str(self.store.dir / "tb"))
+
+
+def _length_profile(batch: RolloutBatch) -> dict:
+    """Length drift: quantiles of the response length and the share cut at the token limit."""
+    lengths = batch.response_lengths().float()
+    q = torch.quantile(lengths, torch.tensor([0.1, 0.5, 0.9])).tolist() if lengths.numel() else [None] * 3
+    reasons = batch.finish_reasons or []
+    return {"response_len_p10": q[0], "response_len_p50": q[1], "response_len_p90": q[2],
+            "cut_frac": (sum(r == "length" for r in reasons) / len(reasons)) if reasons else None}
 
 
 def previous_result(run_dir: Path):

@@ -172,6 +172,8 @@ def grpo_loss(method: Method, mb: MicroBatch, norm: Normalizers) -> torch.Tensor
 def distill_prepare(method: Method, batch: RolloutBatch) -> dict:
     lengths = batch.response_lengths() * batch.teacher_mask.float()
     batch.extras["distill_norm"] = Normalizers(float(lengths.sum().clamp(min=1)), float((lengths > 0).sum().clamp(min=1)))
+    # responses the student ended itself (EOS): where teacher and student disagree about stopping
+    batch.extras["ended_eos"] = torch.tensor([r == "eos" for r in (batch.finish_reasons or [])], dtype=torch.bool)
     if not bool(batch.teacher_mask.any()):
         method.warn_once("masked", "every response in this batch lacks a teacher signal (no feedback or "
                                    "demonstration): the distillation loss is 0 (masked_teacher_frac=1; warned once)")
@@ -212,7 +214,23 @@ def distillation_loss(method: Method, mb: MicroBatch, norm: Normalizers) -> torc
     mb.stats.setdefault("divergence", []).append(((divergence * mask).sum().item(), mask.sum().item()))
     gain = ((t_tok - s_tok.detach()) * mask).sum(-1)
     mb.stats.setdefault("gain", []).append((gain, mb.success[rows]))
+    _record_stop_log_probs(mb, rows, mask, s_tok, t_tok)
     return loss
+
+
+def _record_stop_log_probs(mb: MicroBatch, rows, mask, s_tok, t_tok) -> None:
+    """Length-drift diagnostic: on *failed* responses that the student ended with EOS, the student's
+    and the teacher's log-probability of that EOS (a teacher that reads "your answer is wrong" and
+    does not want to stop teaches the student not to stop)."""
+    ended = mb.batch_extras.get("ended_eos")
+    if ended is None or ended.numel() == 0:
+        return
+    keep = ended[mb.indices][rows] & ~mb.success[rows].bool()
+    if not bool(keep.any()):
+        return
+    last = (mask.sum(-1).long() - 1).clamp(min=0)
+    at = torch.arange(last.numel(), device=last.device)
+    mb.stats.setdefault("stop", []).append((s_tok.detach()[at, last][keep], t_tok.detach()[at, last][keep]))
 
 
 def teacher_gain(gains: list[tuple[torch.Tensor, torch.Tensor]]) -> float | None:

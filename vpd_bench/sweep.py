@@ -133,8 +133,39 @@ def run_one(spec: RunSpec, resume: bool = True, progress: bool = True):
     return trainer.run(resume=(status == "partial"))
 
 
-def run_local(specs: list[RunSpec], jobs: int = 1, resume: bool = True) -> int:
-    """Run specs in-process (jobs=1) or as parallel subprocesses. Returns the number of failures."""
+def parallel_plan(n_runs: int, jobs: int | str | None = "auto", cores: int | None = None) -> tuple[int, int]:
+    """(parallel jobs, threads per job) with jobs x threads <= cores. ``auto``: as many jobs as
+    there are runs, up to one per core, each with an equal share of the cores (one thread per
+    run on a 2-core machine: a descheduled OpenMP thread stalls every parallel region, so one
+    busy thread per core is the fastest use of a small machine)."""
+    cores = max(1, int(cores or os.cpu_count() or 1))
+    if jobs in (None, "auto", "0", 0):
+        jobs = min(max(1, n_runs), cores)
+    jobs = int(jobs)
+    if jobs < 1:
+        raise UserError(f"--jobs must be a positive number or 'auto', got {jobs}")
+    return jobs, max(1, cores // jobs)
+
+
+def parse_jobs(text: str) -> int | str:
+    """argparse type of --jobs: a positive integer or 'auto'."""
+    import argparse
+    if str(text).lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value}")
+    return value
+
+
+def run_local(specs: list[RunSpec], jobs: int | str = "auto", resume: bool = True) -> int:
+    """Run specs in-process (one job) or as parallel subprocesses. Returns the number of failures."""
+    jobs, threads = parallel_plan(len(specs), jobs)
+    log.info("plan: %d run(s), %d parallel job(s) x %d thread(s) each (%d core(s))", len(specs), jobs, threads,
+             os.cpu_count() or 1)
     if jobs <= 1:
         failures = 0
         for i, spec in enumerate(specs, 1):
@@ -142,7 +173,7 @@ def run_local(specs: list[RunSpec], jobs: int = 1, resume: bool = True) -> int:
             run_one(spec, resume=resume)
         return failures
     pending, running, failures = list(specs), [], 0
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // jobs))}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     while pending or running:
         while pending and len(running) < jobs:
             spec = pending.pop(0)

@@ -434,7 +434,7 @@ def suggested_command(methods, task, preset, model, feedback, out, overrides) ->
     for flag, value in (("--preset", preset), ("--model", model), ("--feedback", feedback)):
         if value:
             parts += [flag, value]
-    parts += ["--tuned", str(Path(out) / "chosen.yaml"), "--seeds", "5", "--jobs", "2"]
+    parts += ["--tuned", str(Path(out) / "chosen.yaml"), "--seeds", "5"]
     return " ".join(parts + [o for o in overrides if not o.startswith("eval.split=")])
 
 
@@ -457,7 +457,7 @@ def write_outputs(result: dict, out: str | Path) -> dict[str, Path]:
 
 
 def tune(methods: list[str], task: str, grid: dict[str, list[str]], seeds: list[int], feedback=None, model=None,
-         preset=None, engine=None, overrides=(), out: str = DEFAULT_OUT, jobs: int = 1, metric: str = "pass@1",
+         preset=None, engine=None, overrides=(), out: str = DEFAULT_OUT, jobs: int | str = "auto", metric: str = "pass@1",
          train: bool = True) -> tuple[dict, dict[str, Path]]:
     """Plan, run (unless ``train`` is False), choose and write. Returns (result, written paths)."""
     from .sweep import run_local
