@@ -6,7 +6,11 @@ any aggregate can be re-scored and methods can be compared problem by problem (p
 """
 from __future__ import annotations
 
+import logging
+
 from .stats import pass_at_k
+
+log = logging.getLogger("vpd_bench")
 
 
 def sample_record(step: int, problem, sample, response: str, verdict) -> dict:
@@ -17,6 +21,23 @@ def sample_record(step: int, problem, sample, response: str, verdict) -> dict:
     return {"step": int(step), "problem_id": str(problem.id), "sample": sample, "response": response,
             "reward": float(verdict.reward), "status": verdict.status,
             "answer": None if answer is None else str(answer), "feedback": verdict.feedback or ""}
+
+
+def safe_verify(task, problems, texts, split: str) -> list:
+    """The task's verdicts; a verifier that fails on a sample gives that sample an ``error`` verdict
+    (reward 0, the failure as feedback) and the run goes on."""
+    from vpd_bench.tasks.base import Verdict
+    try:
+        return task.verify_batch(problems, texts, split=split)
+    except Exception:  # noqa: BLE001 - find the sample(s) that fail, score the rest
+        out = []
+        for problem, text in zip(problems, texts):
+            try:
+                out.append(task.verify(problem, text, split))
+            except Exception as err:  # noqa: BLE001
+                log.warning("verifier failed on %s: %s: %s (scored as an error)", problem.id, type(err).__name__, err)
+                out.append(Verdict(0.0, "error", f"The verifier could not score this response ({type(err).__name__})."))
+        return out
 
 
 def evaluate_policy(engine, encode, task, problems, ecfg, seed: int, stop=(), step: int = 0,
@@ -33,7 +54,7 @@ def evaluate_policy(engine, encode, task, problems, ecfg, seed: int, stop=(), st
                               seed=seed, stop=stop)
         texts = [engine.tokenizer.decode(r, skip_special_tokens=True) for r in gen.response_ids]
         probs = [p for p in problems for _ in range(k)]
-        verdicts = task.verify_batch(probs, texts, split="eval")
+        verdicts = safe_verify(task, probs, texts, "eval")
         succ = [v.reward >= 1.0 for v in verdicts]
         per_problem = [sum(succ[i * k:(i + 1) * k]) for i in range(len(problems))]
         metrics["pass@1"] = sum(pass_at_k(k, c, 1) for c in per_problem) / len(problems)
@@ -45,7 +66,7 @@ def evaluate_policy(engine, encode, task, problems, ecfg, seed: int, stop=(), st
     if ecfg.greedy:
         gen = engine.generate(prompts, 1, int(ecfg.max_new_tokens), greedy=True, seed=seed, stop=stop)
         texts = [engine.tokenizer.decode(r, skip_special_tokens=True) for r in gen.response_ids]
-        verdicts = task.verify_batch(problems, texts, split="eval")
+        verdicts = safe_verify(task, problems, texts, "eval")
         metrics["greedy"] = sum(v.reward >= 1.0 for v in verdicts) / len(verdicts)
         if records is not None:
             records.extend(sample_record(step, p, "greedy", t, v) for p, t, v in zip(problems, texts, verdicts))

@@ -24,7 +24,7 @@ from .config import to_yaml
 from .distributed import context as dist_context
 from .engine import HFEngine
 from .errors import UserError
-from .evaluation import evaluate_policy
+from .evaluation import evaluate_policy, safe_verify
 from .feedback import CombinedFeedback
 from .method import MicroBatch, build_method, teacher_gain
 from .models import LoadedModel, load_model
@@ -180,7 +180,7 @@ class Trainer:
     # -- stage 2: verify -------------------------------------------------------------------------
     def verify(self, batch: RolloutBatch) -> None:
         problems = [batch.problem_of(i) for i in range(batch.num_responses)]
-        verdicts = self.task.verify_batch(problems, batch.response_texts, split="train")
+        verdicts = safe_verify(self.task, problems, batch.response_texts, "train")
         batch.verdicts = verdicts
         batch.rewards = torch.tensor([float(v.reward) for v in verdicts])
         batch.statuses = [v.status for v in verdicts]
@@ -397,6 +397,9 @@ class Trainer:
             "teacher": self.teacher.state_dict() if self.teacher else {},
             "method": self.method.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            # the logs up to this step: a resumed run rebuilds them from here, so a damaged or
+            # truncated JSONL file cannot lose steps the model state already holds
+            "logs": {name: list(jl.rows) for name, jl in self._logs().items()},
         }
         self.store.flush()
         self.store.save_checkpoint(step, state, keep=int(self.cfg.train.keep_checkpoints))
@@ -415,11 +418,22 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         self.step, self.wall_time, self.tokens_generated = state["step"], state["wall_time"], state["tokens_generated"]
-        for jl in (self.store.metrics, self.store.samples, self.store.evals, self.store.eval_samples):
+        saved = state.get("logs") or {}
+        for name, jl in self._logs().items():
+            if name in saved:                   # the checkpoint's copy is authoritative
+                jl.rows = list(saved[name])
             jl.truncate_after(self.step)
         self.sync_engine()
         log.info("resumed from %s (step %d)", path, self.step)
         return True
+
+    def _logs(self) -> dict:
+        st = self.store
+        return {"metrics": st.metrics, "samples": st.samples, "evals": st.evals, "eval_samples": st.eval_samples}
+
+    def _missing_steps(self) -> list[int]:
+        logged = {r.get("step") for r in self.store.metrics.rows}
+        return [s for s in range(1, self.step + 1) if s not in logged]
 
     # -- the run ------------------------------------------------------------------------------------------
     def result_record(self, status: str) -> RunResult:
@@ -448,6 +462,7 @@ class Trainer:
         elif self.store.latest_checkpoint() is not None or self.store.metrics.rows:
             raise UserError(f"{self.store.dir} already holds a run; pass --resume to continue it, "
                             f"or choose another --out")
+        self.store.remove_leftovers()
         self.store.write_config(to_yaml(cfg))
         steps = int(cfg.train.steps)
         evaluate = int(cfg.eval.num_problems) >= 0 and int(cfg.eval.samples) + int(bool(cfg.eval.greedy)) > 0
@@ -488,7 +503,10 @@ class Trainer:
                 bar.close()
             if tb is not None:
                 tb.close()
-        result = self.result_record("complete")
+        missing = self._missing_steps()
+        if missing:
+            log.error("metrics.jsonl lacks the records of steps %s: results.json is marked partial", missing[:10])
+        result = self.result_record("partial" if missing else "complete")
         if self.dist.is_main:
             write_results(self.store.results_path, result)
             if int(cfg.train.keep_checkpoints) == 0:      # sweeps that only need the numbers

@@ -68,11 +68,27 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)           # never leave a half-written temporary behind
+        raise storage_error(err, path) from None
+
+
+def storage_error(err: OSError, path) -> Exception:
+    """A clear error for a failed write (disk full, quota, read-only): what and where, and that the
+    previous version of the file is intact."""
+    import errno
+
+    from .errors import UserError
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+            errno.EROFS: "the file system is read-only"}.get(err.errno, err.strerror or type(err).__name__)
+    return UserError(f"could not write {path}: {what}. The previous version of the file (and the last complete "
+                     f"checkpoint) is intact; free space and rerun with --resume")
 
 
 def write_results(path: str | os.PathLike, result: RunResult) -> None:

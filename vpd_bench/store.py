@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .results import atomic_write_text
+from .results import atomic_write_text, storage_error
 
 log = logging.getLogger("vpd_bench")
 
@@ -39,6 +39,15 @@ def _clean(obj):
     if torch.is_tensor(obj):
         return _clean(obj.tolist())
     return obj
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -106,15 +115,36 @@ class RunStore:
                             f"delete {pointer} to resume from an earlier checkpoint or start afresh")
         return path
 
+    def remove_leftovers(self) -> None:
+        """Temporaries of an interrupted write (a crash, a full disk): never valid, removed on start."""
+        for stale in list(self.ckpt_dir.glob(".step_*.tmp-*")) + list(self.dir.glob(".*.tmp-*")):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
     def save_checkpoint(self, step: int, state: dict, keep: int = 1) -> Path:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         name = f"step_{step:06d}"
         final = self.ckpt_dir / name
         tmp = self.ckpt_dir / f".{name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        torch.save(state, tmp / "state.pt")
-        atomic_write_text(tmp / "meta.json", json.dumps({"step": step}) + "\n")
+        try:
+            tmp.mkdir()
+            torch.save(state, tmp / "state.pt")
+            meta = {"step": step, "sha256": {"state.pt": _sha256(tmp / "state.pt")}}
+            atomic_write_text(tmp / "meta.json", json.dumps(meta) + "\n")
+        except UserError:                           # meta.json could not be written
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise storage_error(err, tmp / "state.pt") from None
+        except RuntimeError as err:                  # torch.save reports a failed write as a RuntimeError
+            shutil.rmtree(tmp, ignore_errors=True)
+            import errno
+            code = errno.ENOSPC if "space" in str(err).lower() else errno.EIO
+            raise storage_error(OSError(code, str(err).splitlines()[0]), final / "state.pt") from None
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         atomic_write_text(self.ckpt_dir / "LATEST", name + "\n")
@@ -129,7 +159,27 @@ class RunStore:
     def remove_checkpoints(self) -> None:
         shutil.rmtree(self.ckpt_dir, ignore_errors=True)
 
+    def verify_checkpoint(self, path: Path) -> None:
+        """Compare every file of a checkpoint with the checksum written when it was saved."""
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"checkpoint {path} has an unreadable meta.json ({err}); {self._fallback(path)}") from None
+        for name, digest in (meta.get("sha256") or {}).items():
+            if _sha256(path / name) != digest:
+                raise UserError(f"checkpoint file {path / name} is damaged (its sha256 differs from the one recorded "
+                                f"when it was saved); {self._fallback(path)}")
+
+    def _fallback(self, path: Path) -> str:
+        earlier = sorted(p.name for p in self.ckpt_dir.glob("step_*") if (p / "meta.json").exists() and p != path
+                         and p.name < path.name)
+        if earlier:
+            return (f"resume from the earlier checkpoint {earlier[-1]} by writing '{earlier[-1]}' into "
+                    f"{self.ckpt_dir / 'LATEST'}, or rerun without --resume into another --out")
+        return "no earlier checkpoint exists: rerun without --resume into another --out (or delete the run folder)"
+
     def load_checkpoint(self, path: Path) -> dict:
+        self.verify_checkpoint(path)
         try:
             return torch.load(path / "state.pt", map_location="cpu", weights_only=False)
         except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file

@@ -1,0 +1,87 @@
+"""Runs that survive damage (issue 14 §2): checksummed checkpoints, logs rebuilt from the checkpoint,
+a full disk as a clear error, a failing verifier scored as an error."""
+import json
+from pathlib import Path
+
+import pytest
+
+from vpd_bench.cli import main
+
+TINY = ["rollout.max_new_tokens=8", "train.prompts_per_step=2", "eval.num_problems=2", "eval.samples=1",
+        "eval.greedy=false"]
+
+
+def run(out, *args):
+    return main(["run", "--methods", "grpo", "--task", "debug", "--model", "tiny-random", "--out", str(out),
+                 "train.checkpoint_every=2", "train.keep_checkpoints=3", *TINY, *args])
+
+
+def the_run(out):
+    return Path(out) / "debug" / "grpo" / "none" / "seed0"
+
+
+def steps_logged(d):
+    return [json.loads(x)["step"] for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip().startswith("{")
+            and x.strip().endswith("}")]
+
+
+def test_a_damaged_checkpoint_is_refused_naming_the_file_and_the_fallback(tmp_path, capsys):
+    assert run(tmp_path, "--steps", "4") == 0
+    d = the_run(tmp_path)
+    state = d / "checkpoints" / "step_000004" / "state.pt"
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 8] = bytes(b ^ 0xFF for b in data[len(data) // 2:len(data) // 2 + 8])
+    state.write_bytes(bytes(data))
+    assert run(tmp_path, "--steps", "6", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "state.pt is damaged" in err and "step_000002" in err
+
+
+def test_a_truncated_log_is_rebuilt_from_the_checkpoint(tmp_path):
+    assert run(tmp_path, "--steps", "4") == 0
+    d = the_run(tmp_path)
+    text = (d / "metrics.jsonl").read_text()
+    cut = text.index('"step": 2') + 5                       # mid-line inside step 2's record
+    (d / "metrics.jsonl").write_text(text[:cut])
+    assert run(tmp_path, "--steps", "6", "--resume") == 0
+    assert steps_logged(d) == [1, 2, 3, 4, 5, 6]
+    assert json.loads((d / "results.json").read_text())["status"] == "complete"
+
+
+def test_a_full_disk_during_a_checkpoint_is_a_clear_error_and_keeps_the_last_one(tmp_path, capsys, monkeypatch):
+    assert run(tmp_path, "--steps", "2") == 0
+    d = the_run(tmp_path)
+    import torch
+    real_save = torch.save
+
+    def full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed (No space left on device)")
+    monkeypatch.setattr(torch, "save", full)
+    assert run(tmp_path, "--steps", "4", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "the disk is full" in err and "inline_container" not in err
+    assert (d / "checkpoints" / "LATEST").read_text().strip() == "step_000002"
+    assert not list((d / "checkpoints").glob(".step_*"))
+    monkeypatch.setattr(torch, "save", real_save)
+    (d / ".metrics.jsonl.tmp-12345").write_text("half")       # a leftover of a crash mid-write
+    assert run(tmp_path, "--steps", "4", "--resume") == 0
+    assert not list(d.glob(".*.tmp-*")) and steps_logged(d) == [1, 2, 3, 4]
+
+
+def test_a_verifier_that_fails_on_one_sample_scores_it_as_an_error():
+    from vpd_bench.evaluation import safe_verify
+    from vpd_bench.tasks.base import Problem, Verdict
+
+    class Flaky:
+        def verify(self, problem, text, split="train"):
+            if text == "boom":
+                raise ZeroDivisionError("bad")
+            return Verdict(1.0, "pass")
+
+        def verify_batch(self, problems, texts, split="train"):
+            return [self.verify(p, t, split) for p, t in zip(problems, texts)]
+    probs = [Problem(id=str(i), prompt="") for i in range(3)]
+    out = safe_verify(Flaky(), probs, ["ok", "boom", "ok"], "train")
+    assert [v.status for v in out] == ["pass", "error", "pass"] and out[1].reward == 0.0
+    assert "ZeroDivisionError" in out[1].feedback
