@@ -55,13 +55,14 @@ def test_two_run_sweep_on_local_ray(tmp_path):
 
 def test_failed_run_is_retried_once_and_counted(tmp_path):
     from vpd_bench.sweep import expand
-    # lr_schedule is checked when the trainer starts: the run fails at every attempt
+    # a task with no training problems passes the config checks and fails when the trainer starts:
+    # the run fails at every attempt
     specs = expand(["grpo"], ["debug"], None, [0], model="tiny-random", overrides=FAST + ["train.steps=1",
-                   "train.lr_schedule=bogus"], out=str(tmp_path))
+                   "task.num_train=0"], out=str(tmp_path))
     assert R.run_ray(specs, num_cpus=1, num_gpus=0) == 1
     run = specs[0].run_dir()
     assert len(rows(run / "ray_attempts.log")) == 2                # the first try and one retry
-    assert "lr_schedule" in (run / "stdout.log").read_text()
+    assert "no training problems" in (run / "stdout.log").read_text()
 
 
 def test_results_come_back_without_a_shared_filesystem(tmp_path, monkeypatch):
