@@ -85,3 +85,18 @@ def test_a_verifier_that_fails_on_one_sample_scores_it_as_an_error():
     out = safe_verify(Flaky(), probs, ["ok", "boom", "ok"], "train")
     assert [v.status for v in out] == ["pass", "error", "pass"] and out[1].reward == 0.0
     assert "ZeroDivisionError" in out[1].feedback
+
+
+def test_a_failing_feedback_source_leaves_its_feedback_out_and_the_run_goes_on(make_trainer, caplog):
+    from _toy import step_on, toy_batch
+    t = make_trainer("sdpo", feedback="env+sibling", overrides=["method.teacher=live"])
+    env = t.feedback.sources[0]
+
+    def broken(batch, ctx):
+        raise KeyError("no such field")
+    env.build = broken
+    batch = toy_batch(t)
+    m = step_on(t, batch)
+    assert "failed" in caplog.text and m["loss"] == m["loss"]
+    # the failures got no env text; the successes' siblings still reach the other responses
+    assert all(not (fb.text or "") for fb in batch.feedback)

@@ -7,11 +7,14 @@ through their own ``context: reference``).
 """
 from __future__ import annotations
 
+import logging
 import random
 from typing import Callable
 
 from .batch import Feedback, RolloutBatch
 from .registry import lookup
+
+log = logging.getLogger("vpd_bench")
 
 
 def cap_text(text: str | None, max_chars: int, max_lines: int) -> str | None:
@@ -125,10 +128,23 @@ class CombinedFeedback:
         self.noise_p = float(fcfg.get("p", 0.0)) if fcfg.name == "noisy" else 0.0
 
     def build(self, batch: RolloutBatch, ctx) -> list[Feedback]:
-        fbs = merge([s.build(batch, ctx) for s in self.sources])
+        fbs = merge([self._safe_build(s, batch, ctx) for s in self.sources])
         if self.noise_p > 0:
             fbs = add_noise(fbs, batch.group_size, self.noise_p, random.Random(ctx.seed * 100_003 + batch.step))
         return fbs
+
+
+    @staticmethod
+    def _safe_build(source, batch, ctx) -> list[Feedback]:
+        """A source that fails (a data set without hints, a self-critique that errors) gives this batch
+        no feedback from it, with a warning: those responses are masked (no teacher signal), the run
+        goes on."""
+        try:
+            return source.build(batch, ctx)
+        except Exception as err:  # noqa: BLE001
+            log.warning("feedback source %s failed at step %s (%s: %s): its feedback is left out of this batch",
+                        type(source).__name__, batch.step, type(err).__name__, err)
+            return [Feedback() for _ in range(batch.num_responses)]
 
 
 def add_noise(fbs: list[Feedback], group_size: int, p: float, rng: random.Random) -> list[Feedback]:
