@@ -100,3 +100,14 @@ def test_a_failing_feedback_source_leaves_its_feedback_out_and_the_run_goes_on(m
     assert "failed" in caplog.text and m["loss"] == m["loss"]
     # the failures got no env text; the successes' siblings still reach the other responses
     assert all(not (fb.text or "") for fb in batch.feedback)
+
+
+def test_resume_without_a_checkpoint_starts_afresh_instead_of_duplicating_steps(tmp_path):
+    assert run(tmp_path, "--steps", "2", "train.keep_checkpoints=0") == 0      # checkpoints removed at the end
+    d = the_run(tmp_path)
+    results = d / "results.json"
+    results.unlink()                                                          # as if killed before the end
+    assert run(tmp_path, "--steps", "3", "--resume") == 0
+    assert steps_logged(d) == [1, 2, 3]
+    evals = [json.loads(x)["step"] for x in (d / "eval.jsonl").read_text().splitlines()]
+    assert evals == sorted(set(evals)) and evals[0] == 0

@@ -386,7 +386,23 @@ class Trainer:
         self.store.eval_samples.truncate_after(step - 1)
         for r in records:
             self.store.eval_samples.append(r)
+        self._probe_teacher(step)
         return metrics
+
+    def _probe_teacher(self, step: int) -> None:
+        n = int(self.cfg.eval.get("teacher_probe", 0) or 0)
+        if n <= 0:
+            return
+        if self.dist.enabled:
+            log.warning("eval.teacher_probe runs in one process only: skipped")
+            return
+        if getattr(self, "_teacher_probe", None) is None:
+            from .teacher_probe import TeacherProbe
+            self._teacher_probe = TeacherProbe(self, n)
+        row = self._teacher_probe.measure(step)
+        if row is not None:
+            self.store.teacher_probe.truncate_after(step - 1)
+            self.store.teacher_probe.append(row)
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def checkpoint(self, step: int) -> None:
@@ -429,7 +445,8 @@ class Trainer:
 
     def _logs(self) -> dict:
         st = self.store
-        return {"metrics": st.metrics, "samples": st.samples, "evals": st.evals, "eval_samples": st.eval_samples}
+        return {"metrics": st.metrics, "samples": st.samples, "evals": st.evals, "eval_samples": st.eval_samples,
+                "teacher_probe": st.teacher_probe}
 
     def _missing_steps(self) -> list[int]:
         logged = {r.get("step") for r in self.store.metrics.rows}
@@ -458,7 +475,13 @@ class Trainer:
         cfg = self.cfg
         if resume:
             if not self.restore():
-                log.info("no checkpoint in %s: starting from step 0", self.store.dir)
+                if any(jl.rows for jl in self._logs().values()):
+                    log.warning("no checkpoint in %s: its logs cannot be matched to a model state; starting afresh "
+                                "from step 0", self.store.dir)
+                    for jl in self._logs().values():
+                        jl.rows = []
+                else:
+                    log.info("no checkpoint in %s: starting from step 0", self.store.dir)
         elif self.store.latest_checkpoint() is not None or self.store.metrics.rows:
             raise UserError(f"{self.store.dir} already holds a run; pass --resume to continue it, "
                             f"or choose another --out")

@@ -1314,6 +1314,42 @@ def _eval_series(run: RunRecord, metric: str, by: str):
     return np.asarray(xs), np.asarray(ys)
 
 
+PROBE_COLUMNS = ["task", "method", "feedback", "seed", "step", "probe_logratio", "teacher_pass", "student_pass"]
+
+
+def _probe_runs(runs: list[RunRecord]) -> list[RunRecord]:
+    """Runs that logged the teacher probe, as records whose step series are the probe rows."""
+    import dataclasses
+    out = []
+    for r in runs:
+        path = r.run_dir / "teacher_probe.jsonl"
+        rows = read_jsonl(path, r.warnings) if path.exists() else []
+        if rows:
+            out.append(dataclasses.replace(r, train_metrics=sorted(rows, key=lambda x: _as_int(x.get("step")) or 0)))
+    return out
+
+
+def write_teacher_probe_csv(probes: list[RunRecord], path: Path) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(PROBE_COLUMNS)
+        for r in probes:
+            for row in r.train_metrics:
+                w.writerow([r.task, r.method, r.feedback, r.seed, row.get("step"), row.get("probe_logratio"),
+                            row.get("teacher_pass"), row.get("student_pass")])
+
+
+def _fig_teacher_probe(probes: list[RunRecord], notes: list[str]):
+    signals = []
+    for task in sorted({r.task for r in probes}):
+        members = [r for r in probes if r.task == task]
+        signals += [(f"{task}: log q(y*|x,C) \u2212 log \u03c0(y*|x)", members, "probe_logratio", "nats per token",
+                     (None, None)),
+                    (f"{task}: greedy pass reading feedback", members, "teacher_pass", "pass rate", (0.0, 1.0)),
+                    (f"{task}: greedy pass, plain prompt", members, "student_pass", "pass rate", (0.0, 1.0))]
+    return _fig_train_curves(signals, "Teacher probe", notes, "teacher probe")
+
+
 def _train_series(run: RunRecord, key: str):
     xs, ys = [], []
     for row in run.train_metrics:
@@ -1706,6 +1742,7 @@ def _caption(kind: str, metric: str) -> str:
         "final_scores": f"Final held-out {metric} per method and task, for the headline feedback source of each task ({HEADLINE_FEEDBACK} when run; methods that read no feedback show their only runs); each bar is labelled with its method's own feedback source; error bars \u00b1 one standard error over seeds, dots are single seeds; the black dashed line across each bar is that method's starting (step-0) score.",
         "feedback_ablation": f"Final held-out {metric} by feedback source, per method; methods that read no feedback are horizontal lines at their mean. Tasks run with fewer than two feedback sources are left out.",
         "train_reward": f"Training-batch reward (mean over the rollouts of a step). {_BASELINE_NOTE}",
+        "teacher_probe": "Teacher probe at every evaluation (eval.teacher_probe; teacher_probe.csv): on fixed items built once from failed responses of the initial model, how much reading the feedback raises the per-token log-probability of the gold answer, and the greedy pass rate with and without the feedback in the prompt. The paper's claim: VPD's E-step raises the first; a passive teacher's stays where it was.",
     }.get(kind, "Health signals logged at every training step (metrics.jsonl). A method missing from a panel did not "
                 f"log that signal (GRPO has no teacher); a signal no run logged is left out. {_BASELINE_NOTE}")
 
@@ -1760,6 +1797,10 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, metric
         for task, feedback, members in _panels(runs):
             plan.append((f"health_{_slug(task)}_{_slug(feedback)}", f"Health signals: {task} \u00b7 {feedback}",
                          lambda t=task, f=feedback, m=members: _fig_health(m, t, f, notes)))
+        probes = _probe_runs(runs)
+        if probes:
+            plan.append(("teacher_probe", "Teacher probe: does the network read feedback better?",
+                         lambda: _fig_teacher_probe(probes, notes)))
         for stem, title, make in plan:
             fig = make()
             if fig is None:
@@ -1771,10 +1812,15 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, metric
             kind = stem if not stem.startswith("health_") else "health"
             figures.append((stem, title, embed, _caption(kind, metric)))
 
+    if probes:
+        probe_csv = out_dir / "teacher_probe.csv"
+        write_teacher_probe_csv(probes, probe_csv)
+        written["teacher_probe.csv"] = probe_csv
+
     # A figure an earlier report drew but this one could not must not linger next to the new ones.
     for stale in fig_dir.glob("*"):
         if (stale.suffix in (".png", ".svg") and f"figures/{stale.name}" not in written
-                and re.match(r"(score_vs_step|score_vs_wall|score_vs_tokens|final_scores|feedback_ablation|train_reward|health_)", stale.name)):
+                and re.match(r"(score_vs_step|score_vs_wall|score_vs_tokens|final_scores|feedback_ablation|train_reward|health_|teacher_probe)", stale.name)):
             stale.unlink()
 
     html_path = out_dir / "report.html"

@@ -5,6 +5,7 @@
   eval.jsonl      one JSON object per held-out evaluation
   eval_samples.jsonl  one JSON object per held-out problem and sample at every evaluation
                   (step, problem_id, sample, response, reward, status, answer, feedback)
+  teacher_probe.jsonl  with eval.teacher_probe > 0: one row per evaluation (vpd_bench.teacher_probe)
   samples.jsonl   prompts, responses, rewards, feedback, teacher prompts (capped per step)
   results.json    the typed summary (vpd_bench.results)
   checkpoints/    step_XXXXXX/ {state.pt, meta.json} and LATEST
@@ -90,6 +91,7 @@ class RunStore:
         self.evals = JsonlLog(self.dir / "eval.jsonl")
         self.samples = JsonlLog(self.dir / "samples.jsonl")
         self.eval_samples = JsonlLog(self.dir / "eval_samples.jsonl")
+        self.teacher_probe = JsonlLog(self.dir / "teacher_probe.jsonl")
 
     @property
     def results_path(self) -> Path:
@@ -103,6 +105,8 @@ class RunStore:
         self.evals.flush()
         self.samples.flush()
         self.eval_samples.flush()
+        if self.teacher_probe.rows or self.teacher_probe.path.exists():
+            self.teacher_probe.flush()
 
     # -- checkpoints ------------------------------------------------------------------------------
     def latest_checkpoint(self) -> Path | None:

@@ -103,6 +103,7 @@ RULES: dict[str, Rule] = {
     "eval.temperature": number(0.0, lo_open=True),
     "eval.split": choice("heldout", "validation"),
     "eval.validation_problems": integer(0),
+    "eval.teacher_probe": integer(0),
     "method.alpha": PROBABILITY,
     "method.support": choice("full", "topk", "sampled"),
     "method.topk": integer(1),
