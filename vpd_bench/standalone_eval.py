@@ -80,9 +80,38 @@ def eval_main(args) -> int:
     return 0
 
 
+LM_EVAL_UTILS = '''"""lm-eval hooks written by `vpd-bench eval --export`: score with vpd-bench's own verifier.
+
+lm-eval must run in an environment where vpd-bench is installed (e.g. its .venv, with
+`pip install 'lm-eval[hf]'`). The task is rebuilt from task_config.yaml beside this file, so the
+problems, extraction (lenient / strict), equivalence (math-verify, sympy) and the code sandbox are
+exactly the harness's.
+"""
+import functools
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+@functools.lru_cache(maxsize=1)
+def _task():
+    from omegaconf import OmegaConf
+
+    from vpd_bench.tasks import build_task
+    task = build_task(OmegaConf.load(HERE / "task_config.yaml"))
+    return task, {p.id: p for p in task.eval_problems()}
+
+
+def process_results(doc, results):
+    task, problems = _task()
+    verdict = task.verify(problems[doc["id"]], results[0], split="eval")
+    return {"exact_match": float(verdict.reward >= 1.0)}
+'''
+
+
 def export(out: Path, cfg, loaded, task, problems, chat: bool) -> None:
     """Weights (safetensors) + tokenizer + an lm-eval task YAML over a local JSONL of the held-out
-    problems. lm-eval's exact_match suits math / sciqa answers; code is scored by our sandbox."""
+    problems, scored by ``utils.process_results``: the harness's own verifier."""
     out.mkdir(parents=True, exist_ok=True)
     model_dir = out / "model"
     loaded.model.save_pretrained(model_dir)
@@ -111,18 +140,15 @@ generation_kwargs:
   until: [{json.dumps(stop)}]
   max_gen_toks: {int(cfg.eval.max_new_tokens)}
   do_sample: false
-filter_list:
-  - name: boxed
-    filter:
-      - function: regex
-        regex_pattern: "\\\\\\\\boxed\\\\{{([^}}]*)\\\\}}"
-      - function: take_first
+process_results: !function utils.process_results
 metric_list:
   - metric: exact_match
     aggregation: mean
     higher_is_better: true
-    ignore_case: true
-    ignore_punctuation: true
 """
     atomic_write_text(out / f"{name}.yaml", yaml)
+    # lm-eval scores with the harness's own verifier (extraction, equivalence, sandbox), so its
+    # per-problem verdicts equal vpd-bench's: utils.py rebuilds the task from the exported config
+    atomic_write_text(out / "task_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(out / "utils.py", LM_EVAL_UTILS)
     print(f"exported {model_dir} and {out / (name + '.yaml')} ({len(rows)} held-out problems)")
