@@ -111,3 +111,36 @@ def test_resume_without_a_checkpoint_starts_afresh_instead_of_duplicating_steps(
     assert steps_logged(d) == [1, 2, 3]
     evals = [json.loads(x)["step"] for x in (d / "eval.jsonl").read_text().splitlines()]
     assert evals == sorted(set(evals)) and evals[0] == 0
+
+
+def test_a_checkpoint_is_a_hugging_face_model_folder(tmp_path):
+    """checkpoints/step_N/ loads with AutoModelForCausalLM / AutoTokenizer.from_pretrained and holds the
+    trained weights; the trainer's own state sits beside it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from vpd_bench.config import compose
+    from vpd_bench.models import load_model
+    assert run(tmp_path, "--steps", "2", "train.lr=1e-2") == 0
+    ckpt = the_run(tmp_path) / "checkpoints" / "step_000002"
+    assert (ckpt / "config.json").exists() and list(ckpt.glob("*.safetensors")) and (ckpt / "state.pt").exists()
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    assert tok("abc")["input_ids"]
+    initial = load_model(compose("grpo", "debug", model="tiny-random").model).model
+    state = torch.load(ckpt / "state.pt", weights_only=False)
+    assert "model" not in state and "optimizer" in state
+    moved = [n for n, p in model.named_parameters() if not torch.equal(p, dict(initial.named_parameters())[n])]
+    assert moved                                   # the trained weights, not the initial ones
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert {"config.json", "state.pt"} <= set(meta["sha256"])
+
+
+def test_a_lora_checkpoint_holds_a_peft_adapter_folder_and_resumes(tmp_path):
+    lora = ["train.lora.enabled=true", "train.lora.r=4"]
+    assert run(tmp_path, "--steps", "2", *lora) == 0
+    ckpt = the_run(tmp_path) / "checkpoints" / "step_000002"
+    assert (ckpt / "adapter" / "adapter_config.json").exists()
+    assert (ckpt / "adapter" / "adapter_model.safetensors").exists()
+    assert run(tmp_path, "--steps", "3", "--resume", *lora) == 0
+    assert steps_logged(the_run(tmp_path)) == [1, 2, 3]

@@ -60,7 +60,7 @@ class FollowerStore(RunStore):
     def flush(self) -> None:
         pass
 
-    def save_checkpoint(self, step: int, state: dict, keep: int = 1):
+    def save_checkpoint(self, step: int, state: dict, keep: int = 1, model=None, tokenizer=None):
         return self.ckpt_dir / f"step_{step:06d}"
 
 

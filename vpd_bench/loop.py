@@ -30,7 +30,7 @@ from .method import MicroBatch, build_method, teacher_gain
 from .models import LoadedModel, load_model
 from .results import RunResult, git_info, read_results, versions, write_results
 from .scoring import micro_batches, pack, response_logits, token_log_probs
-from .store import RunStore
+from .store import RunStore, load_weights
 from .sweep import feedback_label
 from .teacher_prompt import build_teacher_prompt, render_prompt
 from .teachers import FrozenTeacher, build_teacher
@@ -408,7 +408,6 @@ class Trainer:
     def checkpoint(self, step: int) -> None:
         state = {
             "step": step, "wall_time": self.wall_time, "tokens_generated": self.tokens_generated,
-            "model": {k: v for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "teacher": self.teacher.state_dict() if self.teacher else {},
             "method": self.method.state_dict(),
@@ -418,14 +417,18 @@ class Trainer:
             "logs": {name: list(jl.rows) for name, jl in self._logs().items()},
         }
         self.store.flush()
-        self.store.save_checkpoint(step, state, keep=int(self.cfg.train.keep_checkpoints))
+        self.store.save_checkpoint(step, state, keep=int(self.cfg.train.keep_checkpoints), model=self.model,
+                                   tokenizer=self.tokenizer)
 
     def restore(self) -> bool:
         path = self.store.latest_checkpoint()
         if path is None:
             return False
         state = self.store.load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
+        if "model" in state:                    # a checkpoint of an earlier version: weights in state.pt
+            self.model.load_state_dict(state["model"])
+        else:
+            load_weights(self.model, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.teacher:

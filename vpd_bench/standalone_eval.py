@@ -14,7 +14,7 @@ from .errors import UserError
 from .evaluation import evaluate_policy
 from .models import load_model
 from .results import atomic_write_text
-from .store import RunStore
+from .store import RunStore, load_weights
 from .teacher_prompt import render_prompt
 
 
@@ -32,14 +32,17 @@ def load_run(run_dir: Path, overrides=()):
         raise UserError(f"{run_dir} has no checkpoint to evaluate (was it run with train.keep_checkpoints=0?); "
                         f"its held-out scores over training are in {run_dir / 'eval.jsonl'}")
     state = store.load_checkpoint(ckpt)
-    model_state = state["model"]
+    model_state = state.get("model")            # None: the weights are the checkpoint's model folder
     if cfg.train.lora.enabled:
         from peft import LoraConfig, get_peft_model
         lc = cfg.train.lora
         target = lc.target_modules if isinstance(lc.target_modules, str) else list(lc.target_modules)
         loaded.model = get_peft_model(loaded.model, LoraConfig(r=int(lc.r), lora_alpha=int(lc.alpha),
                                                                lora_dropout=float(lc.dropout), target_modules=target))
-    loaded.model.load_state_dict(model_state)
+    if model_state is not None:
+        loaded.model.load_state_dict(model_state)
+    else:
+        load_weights(loaded.model, ckpt)
     if cfg.train.lora.enabled:
         loaded.model = loaded.model.merge_and_unload()
     return cfg, loaded, int(state["step"])

@@ -51,6 +51,43 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _is_peft(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def save_weights(model, tokenizer, folder: Path) -> None:
+    """The weights as ``from_pretrained`` reads them: a model folder, or under LoRA a PEFT adapter
+    folder ``adapter/`` (the base model is the one the run started from)."""
+    if _is_peft(model):
+        model.save_pretrained(folder / "adapter", safe_serialization=True)
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+
+
+def load_weights(model, folder: Path) -> None:
+    """Load weights written by :func:`save_weights` into ``model`` (same architecture)."""
+    from safetensors.torch import load_file
+    if _is_peft(model):
+        from peft import set_peft_model_state_dict
+        set_peft_model_state_dict(model, load_file(str(folder / "adapter" / "adapter_model.safetensors")))
+        return
+    weights: dict = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        weights.update(load_file(str(f)))
+    if not weights:
+        raise UserError(f"checkpoint {folder} holds no weights (*.safetensors)")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded_ptrs = {params[k].data_ptr() for k in weights if k in params}
+    # tied weights (lm_head = embeddings) are saved once; anything else missing is an error
+    untied = [k for k in missing if k not in params or params[k].data_ptr() not in loaded_ptrs]
+    if untied or unexpected:
+        raise UserError(f"checkpoint {folder} does not match the model: missing {untied[:5]}, "
+                        f"unexpected {list(unexpected)[:5]}")
+
+
 def read_jsonl(path: Path) -> list[dict]:
     rows = []
     if not path.exists():
@@ -127,7 +164,11 @@ class RunStore:
             else:
                 stale.unlink(missing_ok=True)
 
-    def save_checkpoint(self, step: int, state: dict, keep: int = 1) -> Path:
+    def save_checkpoint(self, step: int, state: dict, keep: int = 1, model=None, tokenizer=None) -> Path:
+        """``checkpoints/step_N/``: with ``model``, a Hugging Face model folder (config.json, safetensors
+        weights, tokenizer; a LoRA run's adapter as a PEFT folder in ``adapter/``) that
+        ``from_pretrained`` loads, and the trainer's own state (optimizer, scheduler, teacher,
+        method, RNG, logs) beside it in ``state.pt``; ``meta.json`` holds the sha256 of every file."""
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         name = f"step_{step:06d}"
         final = self.ckpt_dir / name
@@ -135,8 +176,11 @@ class RunStore:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             tmp.mkdir()
+            if model is not None:
+                save_weights(model, tokenizer, tmp)
             torch.save(state, tmp / "state.pt")
-            meta = {"step": step, "sha256": {"state.pt": _sha256(tmp / "state.pt")}}
+            files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
+            meta = {"step": step, "sha256": {f: _sha256(tmp / f) for f in files}}
             atomic_write_text(tmp / "meta.json", json.dumps(meta) + "\n")
         except UserError:                           # meta.json could not be written
             shutil.rmtree(tmp, ignore_errors=True)
