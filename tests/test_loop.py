@@ -240,3 +240,12 @@ def test_validate_prints_the_parallel_plan(tmp_path, capsys):
     assert main(["validate", "--methods", "grpo,sdpo", "--task", "debug", "--model", "tiny-random", "--seeds", "2",
                  "--out", str(tmp_path), "--jobs", "2"]) == 0
     assert "2 parallel job(s) x" in capsys.readouterr().out
+
+
+def test_results_record_the_revision_the_run_started_with(tmp_path, monkeypatch):
+    """A long sweep outlives commits: results.json names the code the run executed, read at its start."""
+    import vpd_bench.loop as loop
+    revisions = iter([{"revision": "aaaa", "dirty": False}, {"revision": "bbbb", "dirty": False}])
+    monkeypatch.setattr(loop, "git_info", lambda: next(revisions))
+    assert run_cli("--methods", "grpo", "--steps", "1", "--out", str(tmp_path)) == 0
+    assert json.loads((the_run(tmp_path) / "results.json").read_text())["git"]["revision"] == "aaaa"

@@ -464,7 +464,7 @@ class Trainer:
                  "model": cfg.model.name, "seed": int(cfg.seed), "preset": cfg.get("preset_name"),
                  "run_dir": str(self.store.dir), "setting": cfg.setting, "task_details": self.task.describe(),
                  "model_details": {k: v for k, v in self.model_info.items() if k != "load_time_s"}},
-            config=OmegaConf.to_container(cfg, resolve=True), status=status, versions=versions(), git=git_info(),
+            config=OmegaConf.to_container(cfg, resolve=True), status=status, versions=versions(), git=getattr(self, "git", None) or git_info(),
             engine=OmegaConf.to_container(cfg.engine, resolve=True),
             sampling={**OmegaConf.to_container(cfg.rollout, resolve=True), "group_size": int(cfg.train.group_size)},
             steps_completed=self.step, wall_time_s=self.wall_time, tokens_generated=self.tokens_generated,
@@ -488,6 +488,12 @@ class Trainer:
         elif self.store.latest_checkpoint() is not None or self.store.metrics.rows:
             raise UserError(f"{self.store.dir} already holds a run; pass --resume to continue it, "
                             f"or choose another --out")
+        # the code this run executes: read when it starts, not when it ends (the checkout may move on
+        # while a long sweep runs); a resumed run that continues under another revision lists both
+        self.git = git_info()
+        previous = previous_result(self.store.dir) if resume else None
+        if previous is not None and previous.git.get("revision") not in (None, self.git.get("revision")):
+            self.git["resumed_from"] = previous.git
         self.store.remove_leftovers()
         self.store.write_config(to_yaml(cfg))
         steps = int(cfg.train.steps)
