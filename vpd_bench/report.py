@@ -1119,12 +1119,16 @@ def _sorted_methods(methods) -> list[str]:
     return sorted(set(methods), key=lambda m: _order(m, METHOD_ORDER))
 
 
+def _pick_unit(largest: float, units: tuple[tuple[float, str, float], ...]) -> tuple[str, float]:
+    """(name, divisor) of the first unit whose bound exceeds ``largest`` (the last one otherwise)."""
+    for bound, name, scale in units:
+        if largest < bound:
+            return name, scale
+    return units[-1][1], units[-1][2]
+
+
 def _wall_unit(max_seconds: float) -> tuple[str, float]:
-    if max_seconds < 120:
-        return "s", 1.0
-    if max_seconds < 7200:
-        return "min", 60.0
-    return "h", 3600.0
+    return _pick_unit(max_seconds, ((120, "s", 1.0), (7200, "min", 60.0), (math.inf, "h", 3600.0)))
 
 
 def _grid(n_panels: int, max_cols: int = 3, panel_w: float = 3.4, panel_h: float = 2.6):
@@ -1361,11 +1365,8 @@ def _train_series(run: RunRecord, key: str):
 
 
 def _tokens_unit(max_tokens: float) -> tuple[str, float]:
-    if max_tokens < 1e4:
-        return "tokens", 1.0
-    if max_tokens < 1e7:
-        return "thousand tokens", 1e3
-    return "million tokens", 1e6
+    return _pick_unit(max_tokens, ((1e4, "tokens", 1.0), (1e7, "thousand tokens", 1e3),
+                                   (math.inf, "million tokens", 1e6)))
 
 
 def _single_x(ax, drawn_x: list[np.ndarray], integer: bool) -> bool:
