@@ -48,9 +48,9 @@ def child(args) -> None:
 # the variants compared: name -> (method, overrides)
 VARIANTS = {
     "sdpo": ("sdpo", ["method.teacher=live"]),
-    "vpd_current": ("vpd", ["method.estep_buffer=current", "method.estep_fused=true"]),
-    "vpd_current_exact": ("vpd", ["method.estep_buffer=current"]),
-    "vpd_window": ("vpd", ["method.estep_buffer=window"]),
+    "vpd_current": ("vpd", ["method.estep_buffer=current", "method.estep_fused=true", "method.estep_probe=0"]),
+    "vpd_current_exact": ("vpd", ["method.estep_buffer=current", "method.estep_probe=0"]),
+    "vpd_window": ("vpd", ["method.estep_buffer=window", "method.estep_probe=0"]),
 }
 
 

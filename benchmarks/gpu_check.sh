@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # GPU check: a Qwen3-architecture model of ~0.5B parameters, built in-process from a config
 # (conf/model/qwen3-0.5b-random.yaml: random init, byte tokenizer, nothing downloaded), trained for
-# 5 steps each of `grpo` and `vpd` on the `debug` task with fp32 master weights and bf16 autocast.
-# Prints, per method: step time, tokens/s, peak GPU memory and an MFU estimate; a table and one
-# JSON line per method at the end (paste them into benchmarks/README.md). Sized to finish well
-# within 8 minutes on one H100 (model build ~10 s, each method ~1 min).
+# a warm-up step and F = 5 timed steps of each variant on the `debug` task with fp32 master weights
+# and bf16 autocast. Variants: `sdpo` (live teacher: VPD's M-step alone), `vpd` (estep_buffer=current,
+# fused), `vpd_exact` (current buffer, separate E-step), `vpd_window` (window buffer), `grpo`, and `vpd_keep`
+# (fused, keeping the M-step's graph: fast, memory-hungry; not in the default list); VPD's
+# E-step runs every F = 5 steps, so the timed window holds exactly one. Responses are fixed-length
+# (EOS ignored) so every variant does the same work. Prints, per variant: step time, tokens/s, peak
+# GPU memory, an MFU estimate, and each VPD variant's iteration time and peak memory relative to
+# `sdpo` (the paper's figure: the E-step adds 30-55% and no memory); a table and one JSON line per
+# variant at the end (paste them into benchmarks/README.md). Sized for about a minute per variant.
 #
 #   benchmarks/gpu_check.sh                   # on the GPU machine
 #   benchmarks/gpu_check.sh --pack-deps       # on a dev machine: copy the pure-Python config deps
@@ -13,7 +18,7 @@
 #                                             # can run the check; carry that folder along
 #   GPU_CHECK_SMOKE=1 benchmarks/gpu_check.sh # a tiny CPU run of the same code (checks the script)
 #
-# Knobs (environment): GPU_CHECK_STEPS=5  GPU_CHECK_METHODS=grpo,vpd  GPU_CHECK_PROMPTS=8
+# Knobs (environment): GPU_CHECK_STEPS=6 (the first is the warm-up)  GPU_CHECK_METHODS=sdpo,vpd,vpd_window,grpo,vpd_exact  GPU_CHECK_PROMPTS=8
 #   GPU_CHECK_GROUP=8  GPU_CHECK_NEW_TOKENS=256  GPU_CHECK_MICRO=16  GPU_CHECK_PURE_BF16=0 (1: bf16
 #   weights and optimizer state instead of fp32 master weights + autocast)  GPU_PEAK_TFLOPS (dense
 #   bf16 peak for the MFU estimate; known for H100/H200/A100/L40S)  PYTHON (interpreter).
@@ -78,8 +83,10 @@ if not smoke and not torch.cuda.is_available():
     print("gpu_check: no CUDA device visible; this check needs a GPU (GPU_CHECK_SMOKE=1 runs a tiny CPU version)")
     sys.exit(2)
 cuda = torch.cuda.is_available() and not smoke
-steps = int(env("GPU_CHECK_STEPS", "2" if smoke else "5"))
-methods = env("GPU_CHECK_METHODS", "grpo,vpd").split(",")
+steps = int(env("GPU_CHECK_STEPS", "3" if smoke else "6"))
+F = max(1, steps - 1)                   # one E-step inside the timed steps 2..steps
+methods = env("GPU_CHECK_METHODS", "sdpo,vpd,vpd_window,grpo,vpd_exact").split(",")
+out_json = env("GPU_CHECK_JSON")        # also append each variant's JSON line to this file
 B, G = int(env("GPU_CHECK_PROMPTS", "2" if smoke else "8")), int(env("GPU_CHECK_GROUP", "2" if smoke else "8"))
 new_tokens = int(env("GPU_CHECK_NEW_TOKENS", "16" if smoke else "256"))
 micro = int(env("GPU_CHECK_MICRO", "4" if smoke else "16"))
@@ -97,7 +104,30 @@ common = [f"train.steps={steps}", f"train.prompts_per_step={B}", f"train.group_s
           f"rollout.max_new_tokens={new_tokens}", f"train.micro_batch_size={micro}",
           f"train.bf16_autocast={'true' if cuda and not pure_bf16 else 'false'}", "train.lr=1e-6",
           "eval.samples=0", "eval.greedy=false", "train.samples_per_step=0"]
-extra = {"vpd": ["method.estep_every=2"]}          # E-steps at steps 2 and 4 are inside the timed window
+# variant -> (method, overrides); with estep_every = F the timed window holds exactly one E-step
+VARIANTS = {
+    "sdpo": ("sdpo", ["method.teacher=live"]),
+    "vpd": ("vpd", ["method.estep_buffer=current", "method.estep_fused=true", f"method.estep_every={F}", "method.estep_probe=0"]),
+    "vpd_exact": ("vpd", ["method.estep_buffer=current", f"method.estep_every={F}", "method.estep_probe=0"]),
+    "vpd_keep": ("vpd", ["method.estep_buffer=current", "method.estep_fused=true", "method.estep_fused_graph=keep",
+                         f"method.estep_every={F}", "method.estep_probe=0"]),
+    "vpd_window": ("vpd", ["method.estep_buffer=window", f"method.estep_every={F}", "method.estep_probe=0"]),
+    "grpo": ("grpo", []),
+}
+unknown = [m for m in methods if m not in VARIANTS]
+if unknown:
+    print(f"gpu_check: unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
+    sys.exit(2)
+
+
+def fixed_length(trainer):
+    """Every response is exactly max_new_tokens long (EOS ignored): all variants do the same work."""
+    orig = trainer.engine.generate
+
+    def generate(*args, **kwargs):
+        kwargs.setdefault("ignore_eos", True)
+        return orig(*args, **kwargs)
+    trainer.engine.generate = generate
 
 precision = "bf16" if pure_bf16 else ("fp32+bf16-autocast" if cuda else "fp32")
 print(f"gpu_check: device {device_name}, torch {torch.__version__}, peak bf16 {peak_tflops or 'unknown'} TFLOP/s, "
@@ -131,14 +161,16 @@ def flops(n, t):
 
 
 summaries = []
-for method in methods:
-    cfg = compose(method, "debug", None, model="qwen3-0.5b-random", overrides=common + model_over + extra.get(method, []))
+for variant in methods:
+    method, extra = VARIANTS[variant]
+    cfg = compose(method, "debug", None, model="qwen3-0.5b-random", overrides=common + model_over + extra)
     t_build = time.time()
     loaded = build_from_config(cfg.model)
     n_params = sum(p.numel() for p in loaded.model.parameters())
     trainer = Trainer(cfg, tempfile.mkdtemp(prefix="gpu-check-"), loaded=loaded, progress=False)
+    fixed_length(trainer)
     device = next(trainer.model.parameters()).device
-    print(f"\n== {method}: {n_params / 1e9:.3f}B parameters on {device} (built in {time.time() - t_build:.1f}s)", flush=True)
+    print(f"\n== {variant} ({method} {' '.join(extra)}): {n_params / 1e9:.3f}B parameters on {device} (built in {time.time() - t_build:.1f}s)", flush=True)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -165,7 +197,7 @@ for method in methods:
               flush=True)
     timed = rows[1:] if len(rows) > 1 else rows          # step 1 pays CUDA start-up and kernel selection
     mean = lambda k: sum(r[k] for r in timed) / len(timed)  # noqa: E731
-    s = {"method": method, "device": device_name, "params_b": round(n_params / 1e9, 3), "steps_timed": len(timed),
+    s = {"variant": variant, "method": method, "overrides": extra, "device": device_name, "params_b": round(n_params / 1e9, 3), "steps_timed": len(timed),
          "prompts": B, "group": G, "max_new_tokens": new_tokens, "precision": precision,
          "step_time_s": round(mean("step_time_s"), 3), "generate_s": round(mean("generate_s"), 3),
          "update_s": round(mean("update_s"), 3), "gen_tokens_per_s": round(mean("gen_tokens_per_s"), 1),
@@ -177,18 +209,33 @@ for method in methods:
          "mfu_update": round(sum(r["flops_update"] for r in timed) / (sum(r["update_s"] for r in timed) * peak_tflops * 1e12), 4)
          if peak_tflops else None}
     summaries.append(s)
+    print("GPU_CHECK " + json.dumps(s), flush=True)
+    if out_json:
+        with open(out_json, "a") as fh:
+            fh.write(json.dumps(s) + "\n")
     del trainer, loaded
     if cuda:
         torch.cuda.empty_cache()
 
-print("\n| method | step time (s) | generate (s) | update (s) | gen tok/s | tok/s | peak mem (GiB) | MFU | MFU update |")
-print("|---|---|---|---|---|---|---|---|---|")
+base = next((s for s in summaries if s["variant"] == "sdpo"), None)
+print("\n| variant | step time (s) | vs sdpo | generate (s) | update (s) | gen tok/s | tok/s | peak mem (GiB) | vs sdpo | MFU | MFU update |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for s in summaries:
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
-    print(f"| {s['method']} | {s['step_time_s']} | {s['generate_s']} | {s['update_s']} | {s['gen_tokens_per_s']} | "
-          f"{s['tokens_per_s']} | {s['peak_mem_gib']} | {pct(s['mfu'])} | {pct(s['mfu_update'])} |")
-for s in summaries:
-    print("GPU_CHECK " + json.dumps(s))
+    rel_t = f"{s['step_time_s'] / base['step_time_s']:.3f}" if base else "-"
+    rel_m = f"{s['peak_mem_gib'] / base['peak_mem_gib']:.3f}" if base and base["peak_mem_gib"] else "-"
+    print(f"| {s['variant']} | {s['step_time_s']} | {rel_t} | {s['generate_s']} | {s['update_s']} | {s['gen_tokens_per_s']} | "
+          f"{s['tokens_per_s']} | {s['peak_mem_gib']} | {rel_m} | {pct(s['mfu'])} | {pct(s['mfu_update'])} |")
+if base:
+    sfx = "gpu" if cuda else "smoke"
+    names = {"vpd": f"vpd_iteration_time_vs_sdpo_current_{sfx}", "vpd_keep": f"vpd_iteration_time_vs_sdpo_current_keep_{sfx}", "vpd_window": f"vpd_iteration_time_vs_sdpo_window_{sfx}",
+             "vpd_exact": f"vpd_iteration_time_vs_sdpo_current_exact_{sfx}"}
+    targets = {"vpd": "<= 1.3", "vpd_keep": "<= 1.3", "vpd_window": "<= 1.55", "vpd_exact": "<= 1.3"}
+    for s in summaries:
+        if s["variant"] in names:
+            print(f"{names[s['variant']]}: {s['step_time_s'] / base['step_time_s']:.3f} (target {targets[s['variant']]})")
+            if base["peak_mem_gib"]:
+                print(f"{s['variant']}_peak_mem_vs_sdpo_{sfx}: {s['peak_mem_gib'] / base['peak_mem_gib']:.3f} (target <= 1.05)")
 print(f"\ngpu_check: done in {time.time() - T0:.0f}s. MFU counts 2N FLOPs per generated/prefilled token and 6N per "
       f"trained token (N = all parameters), no attention FLOPs; steps after the first are averaged.")
 PYEOF

@@ -20,13 +20,14 @@ the teacher moves only within reach of the student); ``prior: initial`` is the a
 from __future__ import annotations
 
 import copy
+import time
 
 import torch
 
 from vpd_bench import losses as L
 from vpd_bench.errors import UserError
 from vpd_bench.method import register_method
-from vpd_bench.scoring import response_logits, token_log_probs
+from vpd_bench.scoring import Packed, response_logits, token_log_probs
 
 from .sdpo import SDPO
 
@@ -42,6 +43,7 @@ class VPD(SDPO):
         self.delta: float | None = None     # BCO shift; the first E-step sets it to its own batch mean
         self.buffer: list[list[dict]] = []  # one list of E-step items per recent iteration
         self.initial_prior = None
+        self._diag_s = 0.0                  # time spent in the E-step probe (diagnostics) since last reported
         if self.mcfg.teacher not in MSTEP_TEACHERS:
             raise UserError(f"method.teacher={self.mcfg.teacher} cannot be VPD's M-step teacher: the E-step trains "
                             f"the shared weights, which a frozen copy never reads. Use one of "
@@ -52,6 +54,7 @@ class VPD(SDPO):
         elif self.mcfg.prior != "student":
             raise ValueError(f"method.prior must be 'student' or 'initial', got {self.mcfg.prior!r}")
         self.fused = bool(self.mcfg.get("estep_fused", False))
+        self.keep_graph = str(self.mcfg.get("estep_fused_graph", "recompute")) == "keep"
         if self.fused:
             self._check_fusable()
         self._fused_parts: list | None = None    # (log q with graph, log prior, success) per micro-batch
@@ -74,11 +77,12 @@ class VPD(SDPO):
             raise UserError("method.estep_fused=true needs " + ", ".join(why) + "; or set method.estep_fused=false")
 
     # -- the M-step: SDPO's loss with the live teacher (method.teacher = trained) ---------------------
-    # With estep_fused, on E-step iterations the M-step's teacher forward keeps its graph: its
-    # detached logits serve the M-step (stop-gradient teacher, as always) and its sequence
-    # log-probs are the E-step's log q(y|x,C); the M-step's student forward gives log pi(y|x).
-    # Both are taken at the weights *before* the M-step update (the exact variant takes them
-    # after it), which saves the E-step's own forward passes (docs/method.md).
+    # With estep_fused, on E-step iterations the M-step's teacher forward gives the E-step's
+    # log q(y|x,C) and its student forward gives log pi(y|x), both at the weights *before* the
+    # M-step update (the exact variant takes them after it): delta and the prior cost no pass of
+    # their own. estep_fused_graph=keep also keeps the teacher forward's graph for the E-step's
+    # backward (no second teacher forward, but the whole batch's activations wait in memory);
+    # recompute (default) re-runs the teacher forward one micro-batch at a time (docs/method.md).
 
     def prepare(self, batch):
         out = super().prepare(batch)
@@ -90,13 +94,19 @@ class VPD(SDPO):
         if self._fused_parts is None or mb.teacher is None:
             return super().loss(mb)
         t = self.trainer
-        graph = response_logits(t.model, mb.teacher, float(t.cfg.rollout.temperature), bool(t.cfg.train.bf16_autocast))
-        mb._cache["t"] = graph.detach()                     # the M-step reads the teacher under stop-gradient
-        loss = super().loss(mb)
         norm, rows = self.mcfg.length_norm, mb.teacher_rows
+        if self.keep_graph:     # the teacher forward keeps its graph until the E-step's backward
+            graph = response_logits(t.model, mb.teacher, float(t.cfg.rollout.temperature),
+                                    bool(t.cfg.train.bf16_autocast))
+            mb._cache["t"] = graph.detach()                 # the M-step reads the teacher under stop-gradient
+            loss = super().loss(mb)
+        else:                   # only the values: the E-step re-runs this forward with a graph
+            loss = super().loss(mb)
+            graph = mb.teacher_logits()
         q = L.sequence_log_prob(token_log_probs(graph, mb.teacher.response_ids), mb.teacher.response_mask, norm)
         prior = L.sequence_log_prob(mb.student_token_logp()[rows].detach(), mb.response_mask[rows], norm)
-        self._fused_parts.append((q, prior, mb.success[rows]))
+        self._fused_parts.append((q, prior, mb.success[rows], None if self.keep_graph else mb.teacher,
+                                  mb.student.input_ids.numel()))
         return loss
 
     def before_optimizer_step(self):
@@ -114,13 +124,39 @@ class VPD(SDPO):
         if n_success in (0, n):
             self.warn_once("estep-one-class", "E-step buffer holds only one class "
                                               f"({'successes' if n_success else 'failures'}): using that term alone")
-        rho = L.implicit_reward(q, prior, float(self.mcfg.beta))
+        beta = float(self.mcfg.beta)
+        rho = L.implicit_reward(q, prior, beta)
         rho_mean = float(rho.detach().double().mean())
         self.delta = L.update_running_delta(self.delta, rho_mean, float(self.mcfg.delta_momentum))
-        loss, _ = L.bco_loss(rho, success, self.delta)
         params = [p for p in self.trainer.model.parameters() if p.requires_grad]
-        self._fused_grads = torch.autograd.grad(loss, params, allow_unused=True)
-        self._fused_stats = {"estep_loss": float(loss.detach()), "delta": self.delta, "estep_rho_mean": rho_mean,
+        if self.keep_graph:
+            loss, _ = L.bco_loss(rho, success, self.delta)
+            self._fused_grads = torch.autograd.grad(loss, params, allow_unused=True)
+            total = float(loss.detach())
+        else:
+            # one micro-batch at a time, at the same (pre-update) weights: the teacher forward is
+            # re-run with a graph, each share's gradient is added up, and nothing waits in memory
+            # but that sum (delta and the class counts are known now, so the shares are exact)
+            t, norm = self.trainer, self.mcfg.length_norm
+            grads, total, n_failure = None, 0.0, n - n_success
+            for _, mb_prior, mb_success, packed, budget in parts:
+                # teacher prompts are longer than student prompts: rows are re-chunked so that no
+                # chunk holds more padded tokens than the M-step micro-batch's student forward
+                step = max(1, int(budget) // packed.input_ids.shape[1])
+                for lo in range(0, packed.input_ids.shape[0], step):
+                    chunk = _rows(packed, slice(lo, lo + step))
+                    logits = response_logits(t.model, chunk, float(t.cfg.rollout.temperature),
+                                             bool(t.cfg.train.bf16_autocast))
+                    mb_q = L.sequence_log_prob(token_log_probs(logits, chunk.response_ids), chunk.response_mask, norm)
+                    share = self._bco_share(L.implicit_reward(mb_q, mb_prior[lo:lo + step], beta),
+                                            mb_success[lo:lo + step].bool(), self.delta, n_success, n_failure)
+                    g = torch.autograd.grad(share, params, allow_unused=True)
+                    grads = list(g) if grads is None else [a if b is None else (b if a is None else a.add_(b))
+                                                           for a, b in zip(grads, g)]
+                    total += float(share.detach())
+                    del logits, mb_q, share, g
+            self._fused_grads = tuple(grads)
+        self._fused_stats = {"estep_loss": total, "delta": self.delta, "estep_rho_mean": rho_mean,
                              "estep_size": n, "estep_success_frac": n_success / n}
 
     def _apply_fused_estep(self) -> dict:
@@ -145,6 +181,13 @@ class VPD(SDPO):
         t = self.trainer
         if n <= 0 or getattr(t.engine, "name", "hf") != "hf" or t.dist.enabled:
             return None
+        t0 = time.perf_counter()
+        try:
+            return self._probe_run(t, n)
+        finally:     # instrument time: reported as diagnostics_s, kept out of the step time
+            self._diag_s += time.perf_counter() - t0
+
+    def _probe_run(self, t, n) -> dict:
         problems = list(getattr(t, "validation_problems", None) or t.train_problems)[:n]
         prompts = [t.encode_prompt(t.task.render_prompt(p)) for p in problems]
         gen = t.engine.generate(prompts, 1, int(t.cfg.rollout.max_new_tokens), greedy=True, seed=0,
@@ -154,11 +197,11 @@ class VPD(SDPO):
         return {"pass": sum(v.reward >= 1.0 for v in verdicts) / len(verdicts),
                 "len": sum(len(r) for r in gen.response_ids) / len(gen.response_ids)}
 
-    @staticmethod
-    def _probe_stats(before, after) -> dict:
+    def _probe_stats(self, before, after) -> dict:
+        diag, self._diag_s = self._diag_s, 0.0
         if before is None or after is None:
             return {}
-        return {"estep_probe_pass_before": before["pass"], "estep_probe_pass_after": after["pass"],
+        return {"diagnostics_s": diag,"estep_probe_pass_before": before["pass"], "estep_probe_pass_after": after["pass"],
                 "estep_probe_len_before": before["len"], "estep_probe_len_after": after["len"]}
 
     def after_update(self, batch, step):
@@ -294,3 +337,9 @@ class VPD(SDPO):
         self.buffer = state.get("buffer", [])
         if self.initial_prior is not None and state.get("initial_prior") is not None:
             self.initial_prior.load_state_dict(state["initial_prior"])
+
+
+def _rows(packed: Packed, rows: slice) -> Packed:
+    """Some rows of a packed batch (prompt_width unchanged)."""
+    return Packed(packed.input_ids[rows], packed.attention_mask[rows], packed.position_ids[rows],
+                  packed.response_ids[rows], packed.response_mask[rows], packed.prompt_width)

@@ -816,6 +816,37 @@ def extract_code(response: str, entry_point: str | None = None) -> str | None:
     return stripped if stripped.strip() else None
 
 
+def evalplus_samples(problems, records: list[dict]) -> list[dict]:
+    """evalplus's sample format, one line per sample: ``task_id`` and ``solution``, the complete
+    program the harness's sandbox runs (prompt context + the code extracted from the response, so
+    markdown fences are already gone). Sampled responses when there are any, else greedy ones;
+    a response with no code becomes an empty solution (evalplus fails it, as the harness does)."""
+    by_id = {str(p.id): p for p in problems}
+    sampled = [r for r in records if r["sample"] != "greedy"]
+    chosen = sampled or [r for r in records if r["sample"] == "greedy"]
+    order = {pid: i for i, pid in enumerate(by_id)}
+    chosen = sorted((r for r in chosen if r["problem_id"] in by_id),
+                    key=lambda r: (order[r["problem_id"]], -1 if r["sample"] == "greedy" else int(r["sample"])))
+    out = []
+    for r in chosen:
+        spec: CodeSpec = by_id[r["problem_id"]].answer
+        code = extract_code(r["response"], spec.entry_point)
+        out.append({"task_id": r["problem_id"], "solution": assemble(spec, code)[0] if code is not None else ""})
+    return out
+
+
+def evalplus_dataset_rows(cfg, problems) -> tuple[str, list[dict]] | None:
+    """For ``task.source=evalplus``: the evaluated problems' rows of the release file, and the
+    environment variable that points evalplus at such a file (evalplus insists that the samples
+    cover every problem of its data set, so it gets exactly the evaluated subset)."""
+    if str(cfg.task.get("source")) != "evalplus":
+        return None
+    wanted = {str(p.id) for p in problems}
+    rows = [row for _, row in read_jsonl(cfg.task.evalplus_path) if str(row.get("task_id")) in wanted]
+    mbpp = any(str(r["task_id"]).lower().startswith("mbpp") for r in rows)
+    return ("MBPP_OVERRIDE_PATH" if mbpp else "HUMANEVAL_OVERRIDE_PATH"), rows
+
+
 def assemble(spec: CodeSpec, code: str) -> tuple[str, int]:
     """(program, number of lines before the candidate's code)."""
     head = spec.header

@@ -1,5 +1,6 @@
 """The training loop, the run store and resume, on the tiny in-process model."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from vpd_bench.cli import main
 
@@ -249,3 +251,32 @@ def test_results_record_the_revision_the_run_started_with(tmp_path, monkeypatch)
     monkeypatch.setattr(loop, "git_info", lambda: next(revisions))
     assert run_cli("--methods", "grpo", "--steps", "1", "--out", str(tmp_path)) == 0
     assert json.loads((the_run(tmp_path) / "results.json").read_text())["git"]["revision"] == "aaaa"
+
+
+def test_a_non_finite_gradient_skips_the_update_and_keeps_the_weights(make_trainer):
+    """An inf gradient through the clip's scale would turn every weight into nan; the update is
+    skipped instead, counted, and three in a row stop the run with advice."""
+    t = make_trainer("grpo")
+    before = [p.detach().clone() for p in t.model.parameters()]
+    params = [p for p in t.model.parameters() if p.requires_grad]
+
+    def bad_grads():
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        params[0].grad.view(-1)[0] = float("inf")
+    bad_grads()
+    norm = t.optimizer_step()
+    assert not math.isfinite(norm) and t.skipped_updates == 1
+    assert all(torch.equal(a, p.detach()) for a, p in zip(before, t.model.parameters()))
+    assert all(p.grad is None for p in params)
+    for p in params:                                       # a finite update resets the streak
+        p.grad = torch.ones_like(p) * 1e-3
+    assert math.isfinite(t.optimizer_step()) and t.nonfinite_streak == 0
+    bad_grads()
+    t.optimizer_step()
+    bad_grads()
+    t.optimizer_step()
+    bad_grads()
+    with pytest.raises(FloatingPointError, match="in a row"):
+        t.optimizer_step()
+    assert t.skipped_updates == 4

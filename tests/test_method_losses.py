@@ -378,16 +378,17 @@ def test_vpd_with_an_ema_teacher_moves_it_after_the_estep(make_trainer):
 
 # -- VPD's fused E-step (method.estep_fused) -------------------------------------------------------------
 
+@pytest.mark.parametrize("graph", ["recompute", "keep"])
 @pytest.mark.parametrize("micro_batch", [4, 2])
 def test_fused_estep_takes_the_exact_estep_gradient_at_the_weights_before_the_m_step(make_trainer, monkeypatch,
-                                                                                       micro_batch):
+                                                                                       micro_batch, graph):
     """estep_fused: one pass serves both steps. The M-step gradient is unchanged (teacher detached)
     and the E-step gradient equals the definition's, with log q and log pi taken at the weights the
     M-step started from; the E-step's own update follows the M-step's."""
     beta = 0.5
     common = ["method.estep_every=1", f"method.beta={beta}", "method.estep_buffer=current",
               f"train.micro_batch_size={micro_batch}"]
-    t = trainer_for(make_trainer, "vpd", common + ["method.estep_fused=true"])
+    t = trainer_for(make_trainer, "vpd", common + ["method.estep_fused=true", f"method.estep_fused_graph={graph}"])
     batch = toy_batch(t, rewards=(1.0, 0.0, 0.0, 1.0), rollout_shift=rollout_shift)
     t.build_teacher_context(batch)
     params = params_of(t.model)
@@ -460,3 +461,22 @@ def test_estep_probe_reports_before_and_after_and_changes_nothing(make_trainer):
     for key in ("estep_probe_pass_before", "estep_probe_pass_after", "estep_probe_len_before", "estep_probe_len_after"):
         assert runs[4][1][key] is not None
     assert 0.0 <= runs[4][1]["estep_probe_pass_after"] <= 1.0 and runs[4][1]["estep_probe_len_after"] > 0
+
+
+def test_estep_probe_time_is_reported_apart_from_the_step_time(make_trainer, monkeypatch):
+    """The probe is an instrument: its time goes to diagnostics_s, not to step_time_s, the
+    teacher-update stage or the wall-clock budget that cost comparisons read. A fake clock that
+    moves only inside the probe makes the accounting exact."""
+    import time as _time
+    t = trainer_for(make_trainer, "vpd", ["method.estep_probe=2", "method.estep_every=1"])
+    clock = [100.0]
+    monkeypatch.setattr(_time, "perf_counter", lambda: clock[0])
+
+    def slow_probe(trainer, n):
+        clock[0] += 10.0
+        return {"pass": 0.0, "len": 1.0}
+    monkeypatch.setattr(t.method, "_probe_run", slow_probe)
+    m = t.train_step(1)
+    assert m["diagnostics_s"] == 20.0                       # one probe before and one after the E-step
+    assert m["teacher_update_s"] == 0.0 and m["step_time_s"] == 0.0 and t.wall_time == 0.0
+    assert m["estep_probe_pass_before"] == 0.0 and m["estep_probe_len_after"] == 1.0

@@ -102,6 +102,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step = 0
         self.wall_time = 0.0
+        self.skipped_updates = 0       # optimizer steps skipped for a non-finite gradient norm
+        self.nonfinite_streak = 0
         self.tokens_generated = 0
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.dist.barrier()                # every rank has read the run store before rank 0 writes
@@ -284,6 +286,20 @@ class Trainer:
         self.dist.sync_gradients(params)
         clip = float(self.cfg.train.grad_clip)
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        if not bool(torch.isfinite(norm)):
+            # an inf/nan gradient would turn every weight into nan through the clip's scale:
+            # skip this update (the weights stay as they were), say so, and stop if it persists
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_updates += 1
+            self.nonfinite_streak += 1
+            log.warning("non-finite gradient norm (%s) at step %d: update skipped (%d so far)",
+                        float(norm), self.step, self.skipped_updates)
+            if self.nonfinite_streak >= 3:
+                raise FloatingPointError(f"non-finite gradients in {self.nonfinite_streak} updates in a row (step "
+                                         f"{self.step}); lower train.lr (or method.estep_lr), set train.grad_clip, "
+                                         f"or train in float32 (train.bf16_autocast=false)")
+            return float(norm)
+        self.nonfinite_streak = 0
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
@@ -327,7 +343,10 @@ class Trainer:
         t_upd = time.perf_counter()
         metrics.update(self.method.after_update(batch, step))
         metrics.update(self.sync_engine())
-        t_end = time.perf_counter()
+        # a method's diagnostics (VPD's E-step probe) are an instrument, not part of the algorithm:
+        # reported as diagnostics_s and kept out of the step time and the wall-clock budget
+        diag = float(metrics.pop("diagnostics_s", 0.0) or 0.0)
+        t_end = time.perf_counter() - diag
         self.wall_time += t_end - t0
         success = batch.success(float(self.cfg.train.success_threshold)).float()
         r = batch.rewards.view(-1, batch.group_size)
@@ -343,8 +362,9 @@ class Trainer:
             **_length_profile(batch),
             "lr": self.optimizer.param_groups[0]["lr"],
             "step_time_s": t_end - t0, "generate_s": t_gen - t0, "verify_s": t_ver - t_gen,
-            "update_s": t_upd - t_ver, "teacher_update_s": t_end - t_upd,
+            "update_s": t_upd - t_ver, "teacher_update_s": t_end - t_upd, "diagnostics_s": diag,
             "wall_time_s": self.wall_time, "tokens_generated": self.tokens_generated,
+            "skipped_updates": self.skipped_updates,
         })
         self._record_samples(batch)
         self.last_batch = batch
@@ -408,6 +428,7 @@ class Trainer:
     def checkpoint(self, step: int) -> None:
         state = {
             "step": step, "wall_time": self.wall_time, "tokens_generated": self.tokens_generated,
+            "skipped_updates": self.skipped_updates,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "teacher": self.teacher.state_dict() if self.teacher else {},
             "method": self.method.state_dict(),
@@ -437,6 +458,7 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         self.step, self.wall_time, self.tokens_generated = state["step"], state["wall_time"], state["tokens_generated"]
+        self.skipped_updates = int(state.get("skipped_updates", 0))     # absent in checkpoints before it existed
         saved = state.get("logs") or {}
         for name, jl in self._logs().items():
             if name in saved:                   # the checkpoint's copy is authoritative

@@ -77,10 +77,31 @@ def eval_main(args) -> int:
               "metrics": metrics}
     print(json.dumps(report, indent=2))
     if args.export:
-        export(Path(args.export), cfg, loaded, task, problems, chat)
+        export(Path(args.export), cfg, loaded, task, problems, chat, records)
         atomic_write_text(Path(args.export) / "eval_samples.jsonl",
                           "".join(json.dumps(r) + "\n" for r in records))
     return 0
+
+
+def export_evalplus(out: Path, cfg, problems, records: list[dict]) -> None:
+    """``samples.jsonl`` in evalplus's format (sanitised programs, one line per sample, every
+    evaluated problem) and, for ``task.source=evalplus``, the evaluated subset of the release file
+    with the command that scores the samples offline."""
+    from vpd_bench.tasks.code import evalplus_dataset_rows, evalplus_samples
+    samples = evalplus_samples(problems, records)
+    atomic_write_text(out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in samples))
+    data = evalplus_dataset_rows(cfg, problems)
+    if data is None:
+        print(f"exported {out / 'samples.jsonl'} ({len(samples)} samples); score them with evalplus against "
+              f"the HumanEval+/MBPP+ release whose task ids they carry")
+        return
+    env, rows = data
+    name = "MbppPlus.jsonl" if env.startswith("MBPP") else "HumanEvalPlus.jsonl"
+    atomic_write_text(out / name, "".join(json.dumps(r) + "\n" for r in rows))
+    dataset = "mbpp" if env.startswith("MBPP") else "humaneval"
+    print(f"exported {out / 'samples.jsonl'} ({len(samples)} samples over {len(rows)} problems); score offline:\n"
+          f"  {env}={(out / name).resolve()} python -m evalplus.evaluate --dataset {dataset} "
+          f"--samples {(out / 'samples.jsonl').resolve()}")
 
 
 LM_EVAL_UTILS = '''"""lm-eval hooks written by `vpd-bench eval --export`: score with vpd-bench's own verifier.
@@ -112,13 +133,17 @@ def process_results(doc, results):
 '''
 
 
-def export(out: Path, cfg, loaded, task, problems, chat: bool) -> None:
+def export(out: Path, cfg, loaded, task, problems, chat: bool, records: list[dict] | None = None) -> None:
     """Weights (safetensors) + tokenizer + an lm-eval task YAML over a local JSONL of the held-out
-    problems, scored by ``utils.process_results``: the harness's own verifier."""
+    problems, scored by ``utils.process_results``: the harness's own verifier. The code task
+    exports evalplus samples of this evaluation instead of a YAML (``export_evalplus``)."""
     out.mkdir(parents=True, exist_ok=True)
     model_dir = out / "model"
     loaded.model.save_pretrained(model_dir)
     loaded.tokenizer.save_pretrained(model_dir)
+    if cfg.task.name == "code":
+        export_evalplus(out, cfg, problems, records or [])
+        return
     rows = []
     for p in problems:
         text = task.render_prompt(p)
