@@ -145,3 +145,12 @@ def to_yaml(cfg: DictConfig) -> str:
 
 def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def feedback_label(cfg) -> str:
+    """The feedback a run actually uses: RLVR reads none, SDFT / OPSD read the reference."""
+    if "teacher" not in cfg.method:
+        return "none"
+    if cfg.method.get("context") == "reference":
+        return "reference"
+    return cfg.feedback.name

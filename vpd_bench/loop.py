@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from . import losses as L
 from .batch import RolloutBatch
-from .config import to_yaml
+from .config import feedback_label, to_yaml
 from .distributed import context as dist_context
 from .engine import HFEngine
 from .errors import UserError
@@ -31,7 +31,6 @@ from .models import LoadedModel, load_model
 from .results import RunResult, git_info, read_results, versions, write_results
 from .scoring import micro_batches, pack, response_logits, token_log_probs
 from .store import RunStore, load_weights
-from .sweep import feedback_label
 from .teacher_prompt import build_teacher_prompt, render_prompt
 from .teachers import FrozenTeacher, build_teacher
 
@@ -84,7 +83,7 @@ class Trainer:
         self.train_problems = self.task.train_problems()
         if not self.train_problems:
             raise UserError(f"task '{cfg.task.name}' has no training problems")
-        from .tune import hold_out_validation        # the last training problems, never trained on (eval.split)
+        from .splits import hold_out_validation      # the last training problems, never trained on (eval.split)
         self.train_problems, self.validation_problems = hold_out_validation(
             self.train_problems, int(cfg.eval.get("validation_problems", 0)), str(cfg.eval.get("split", "heldout")))
         self.chat = bool(cfg.model.chat) and cfg.task.prompt_format == "chat" and cfg.setting != "cold_start"
@@ -129,7 +128,8 @@ class Trainer:
                             bool(self.cfg.train.bf16_autocast), ecfg.get("dtype"))
         if ecfg.name == "vllm":
             from .vllm_engine import VLLMEngine
-            return VLLMEngine.from_config(self.cfg, self.model, self.tokenizer)
+            return VLLMEngine.from_config(self.cfg, self.model, self.tokenizer, rank=self.dist.rank,
+                                          distributed=self.dist.enabled)
         raise UserError(f"unknown engine '{ecfg.name}' (hf, vllm)")
 
     def _lr_factor(self, step: int) -> float:

@@ -14,19 +14,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .config import CONF_DIR, compose, group_options
+from .config import CONF_DIR, compose, feedback_label, group_options
 from .errors import UserError
 
 log = logging.getLogger("vpd_bench")
-
-
-def feedback_label(cfg) -> str:
-    """The feedback a run actually uses: RLVR reads none, SDFT / OPSD read the reference."""
-    if "teacher" not in cfg.method:
-        return "none"
-    if cfg.method.get("context") == "reference":
-        return "reference"
-    return cfg.feedback.name
 
 
 @dataclass

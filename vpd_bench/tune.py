@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .splits import SPLITS, VALIDATION_SHARE, hold_out_validation  # noqa: F401 (re-exported)
 
 log = logging.getLogger("vpd_bench")
 
-SPLITS = ("heldout", "validation")
-VALIDATION_SHARE = 4        # the validation split takes at most 1/4 of a task's training problems
 DEFAULT_OUT = "runs/tuning"
 CONFIDENCE = 0.95
 
@@ -44,26 +43,6 @@ RULE = ("For each method, every grid point is scored by its validation {metric} 
 
 # ----------------------------------------------------------------------------------------------
 # the validation split (used by the training loop)
-
-
-def hold_out_validation(problems: list, n: int, split: str = "heldout") -> tuple[list, list]:
-    """(training problems, validation problems): the last ``n`` of the task's training problems
-    (in the task's own seeded order) are held back, at most a quarter of them. Every run holds them
-    back, whatever ``split`` (the split its evaluations score), so a tuning run and a comparison
-    run train on the same problems."""
-    if split not in SPLITS:
-        raise UserError(f"eval.split must be one of {', '.join(SPLITS)}, got {split!r}")
-    problems = list(problems)
-    n = max(0, int(n))
-    k = min(n, len(problems) // VALIDATION_SHARE)
-    if k < n:
-        log.warning("eval.validation_problems=%d: the task has %d training problems; holding back %d "
-                    "(at most 1/%d of them)", n, len(problems), k, VALIDATION_SHARE)
-    if split == "validation" and k == 0:
-        raise UserError("eval.split=validation needs eval.validation_problems > 0 and a task with at least "
-                        f"{VALIDATION_SHARE} training problems (it has {len(problems)})")
-    cut = len(problems) - k
-    return problems[:cut], problems[cut:]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -120,8 +120,9 @@ class VLLMEngine:
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg, model, tokenizer):
-        """Start vLLM from the trainer's model config + tokenizer (dummy weights), then sync."""
+    def from_config(cls, cfg, model, tokenizer, rank: int = 0, distributed: bool = False):
+        """Start vLLM from the trainer's model config + tokenizer (dummy weights), then sync.
+        ``rank`` / ``distributed``: the training process's place (the trainer passes them in)."""
         vllm = import_vllm()
         e = cfg.engine
         folder = _config_folder(model, tokenizer)
@@ -131,12 +132,10 @@ class VLLMEngine:
                       enforce_eager=bool(e.get("enforce_eager", False)), logprobs_mode="processed_logprobs")
         if e.get("max_model_len"):
             kwargs["max_model_len"] = int(e.max_model_len)
-        from .distributed import context
-        dist = context()
-        if dist.enabled or os.environ.get("VPD_BENCH_VLLM_EXTERNAL_LAUNCHER") == "1":
+        if distributed or os.environ.get("VPD_BENCH_VLLM_EXTERNAL_LAUNCHER") == "1":
             # one engine per rank, in-process, on the rank's GPU (TRL's colocate mode)
             kwargs.update(distributed_executor_backend="external_launcher", tensor_parallel_size=1,
-                          seed=int(cfg.seed) + dist.rank)
+                          seed=int(cfg.seed) + rank)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")   # keep the engine in this process
         llm = vllm.LLM(**_supported(vllm, kwargs))
         engine = cls(llm, tokenizer, vllm, sleep_mode=bool(e.sleep_mode), sleep_level=int(e.get("sleep_level", 1)),
