@@ -129,7 +129,7 @@ def trainer(method: str, overrides: list[str], model: str = "smollm2-135m", load
     import tempfile
 
     from vpd_bench.config import compose
-    from vpd_bench.loop import Trainer
+    from vpd_bench.training.loop import Trainer
     cfg = compose(method, "debug", model=model, overrides=overrides)
     t = Trainer(cfg, tempfile.mkdtemp(prefix=f"bench-{method}-"), loaded=loaded, progress=False)
     if fixed:

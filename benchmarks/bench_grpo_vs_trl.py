@@ -47,7 +47,7 @@ def main() -> None:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from vpd_bench.models import load_model
+    from vpd_bench.models.loading import load_model
 
     B, G = args.B, args.G
     N = args.tokens or (32 if args.quick else 48)
@@ -66,7 +66,7 @@ def main() -> None:
         ours.scheduler = torch.optim.lr_scheduler.LambdaLR(ours.optimizer, ours._lr_factor)
     # the same prompts, in the same order, as plain (already chat-rendered) strings for TRL
     problems = [pr for s in range(1, steps + 1) for pr in ours.sample_problems(s)]
-    from vpd_bench.teacher_prompt import render_prompt
+    from vpd_bench.training.teacher_prompt import render_prompt
     texts = [render_prompt(ours.tokenizer, ours.task.render_prompt(pr), ours.chat) for pr in problems]
     ds = Dataset.from_dict({"prompt": texts, "answer": [pr.answer for pr in problems]})
 

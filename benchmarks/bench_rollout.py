@@ -26,7 +26,7 @@ import _common as C  # noqa: E402
 
 def prompts_for(cfg, tokenizer, B: int) -> list[list[int]]:
     from vpd_bench.tasks import build_task
-    from vpd_bench.teacher_prompt import render_prompt
+    from vpd_bench.training.teacher_prompt import render_prompt
     task = build_task(cfg)
     problems = task.train_problems()[:B]
     return [tokenizer.encode(render_prompt(tokenizer, task.render_prompt(p), True), add_special_tokens=False)
@@ -44,9 +44,9 @@ def main() -> None:
     import torch
 
     from vpd_bench.config import compose
-    from vpd_bench.engine import HFEngine
-    from vpd_bench.models import load_model
-    from vpd_bench.scoring import pack, response_logits, token_log_probs
+    from vpd_bench.rollout.engine import HFEngine
+    from vpd_bench.models.loading import load_model
+    from vpd_bench.rollout.scoring import pack, response_logits, token_log_probs
 
     N = args.tokens or (64 if args.quick else 128)
     repeats = args.repeats or (2 if args.quick else 3)

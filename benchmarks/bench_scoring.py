@@ -83,9 +83,9 @@ def run_memory(variant: str, n: int, R: int, k: int, threads: int) -> dict:
 def count_passes() -> dict:
     import torch
 
-    import vpd_bench.loop as loop_mod
-    import vpd_bench.scoring as scoring
-    import vpd_bench.teachers as teachers_mod
+    import vpd_bench.training.loop as loop_mod
+    import vpd_bench.rollout.scoring as scoring
+    import vpd_bench.training.teachers as teachers_mod
     out = {}
     for method in ("grpo", "sdpo", "sdft", "opsd", "vpd"):
         ov = ["train.prompts_per_step=2", "train.group_size=4", "train.micro_batch_size=4",
@@ -147,9 +147,9 @@ def shared_prompt_timing(args, repeats: int) -> dict:
     import torch
 
     from vpd_bench.config import compose
-    from vpd_bench.models import load_model
-    from vpd_bench.scoring import pack, response_logits, token_log_probs
-    from vpd_bench.teacher_prompt import render_prompt
+    from vpd_bench.models.loading import load_model
+    from vpd_bench.rollout.scoring import pack, response_logits, token_log_probs
+    from vpd_bench.training.teacher_prompt import render_prompt
     loaded = load_model(compose("grpo", "debug", model=args.model).model)
     model, tok = loaded.model.train(), loaded.tokenizer
     G, R = 4, (32 if args.quick else 64)

@@ -31,7 +31,7 @@ def child(args) -> None:
     import torch
     if args.estep_split > 1:      # what-if: E-step micro-batches of micro_batch_size / estep_split sequences
         import vpd_bench.methods.vpd as vpd_module
-        from vpd_bench.scoring import micro_batches
+        from vpd_bench.rollout.scoring import micro_batches
         vpd_module.micro_batches = lambda idx, size: micro_batches(idx, max(1, int(size) // args.estep_split))
     t = C.trainer(VARIANTS[args.child][0], overrides(args), model=args.model)
     times, parts = [], []

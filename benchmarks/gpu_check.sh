@@ -73,8 +73,8 @@ except ImportError:                     # a bare checkout: find them at the repo
     import vpd_bench.methods, vpd_bench.tasks  # noqa: E401,F401
 
 from vpd_bench.config import compose
-from vpd_bench.loop import Trainer
-from vpd_bench.model_from_config import build_from_config
+from vpd_bench.training.loop import Trainer
+from vpd_bench.models.from_config import build_from_config
 
 T0 = time.time()
 env = os.environ.get

@@ -26,8 +26,7 @@ import torch
 
 from vpd_bench import losses as L
 from vpd_bench.errors import UserError
-from vpd_bench.method import register_method
-from vpd_bench.scoring import Packed, response_logits, token_log_probs
+from vpd_bench.method import Packed, register_method, response_logits, token_log_probs
 
 from .sdpo import SDPO
 
@@ -287,7 +286,7 @@ class VPD(SDPO):
                 "estep_size": len(items), "estep_success_frac": n_success / len(items),
                 **self._probe_stats(probe_before, self._probe())}
 
-    # Two hooks that multi-process training replaces (vpd_bench/distributed.py): which E-step
+    # Two hooks that multi-process training replaces (vpd_bench/training/distributed.py): which E-step
     # micro-batches this process runs, and summing a statistic over processes.
     def _estep_micro_batches(self, items) -> list[list[int]]:
         return self._token_budget_batches(items, int(self.trainer.cfg.train.micro_batch_size))

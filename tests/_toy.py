@@ -1,7 +1,7 @@
 """Toy rollout batches for method tests (shared by test_methods.py and test_method_losses.py)."""
 import torch
 
-from vpd_bench.batch import RolloutBatch
+from vpd_bench.rollout.batch import RolloutBatch
 
 
 def toy_batch(trainer, step=1, rewards=(1.0, 0.0, 1.0, 0.0), with_feedback=True, rollout_shift=None):
@@ -19,7 +19,7 @@ def toy_batch(trainer, step=1, rewards=(1.0, 0.0, 1.0, 0.0), with_feedback=True,
     b.response_texts = texts
     with torch.no_grad():
         lp = trainer.sequence_log_probs(trainer.model, [prompt] * 4, b.response_ids)  # only to shape; per-token below
-    from vpd_bench.scoring import pack, response_logits, token_log_probs
+    from vpd_bench.rollout.scoring import pack, response_logits, token_log_probs
     packed = pack([prompt] * 4, b.response_ids, trainer.pad_id)
     with torch.no_grad():
         tl = token_log_probs(response_logits(trainer.model, packed, float(trainer.cfg.rollout.temperature)),

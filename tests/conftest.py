@@ -20,7 +20,7 @@ def tiny_cfg():
 
 @pytest.fixture
 def make_trainer(tiny_cfg, tmp_path):
-    from vpd_bench.loop import Trainer
+    from vpd_bench.training.loop import Trainer
 
     def make(method="grpo", feedback=None, overrides=(), run_dir=None):
         cfg = tiny_cfg(method, feedback=feedback, overrides=overrides)

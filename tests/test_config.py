@@ -27,7 +27,7 @@ def test_every_config_file_composes(group):
 
 
 def test_every_sweep_expands():
-    from vpd_bench.sweep import expand, load_sweep
+    from vpd_bench.launch.sweep import expand, load_sweep
     for name in group_options("sweep"):
         sw = load_sweep(name)
         specs = expand(sw.get("methods", ["grpo"])[:1], sw.get("tasks", ["debug"])[:1], sw.get("feedback"),

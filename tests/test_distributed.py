@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vpd_bench import distributed as D
+from vpd_bench.training import distributed as D
+from vpd_bench.training import equivalence
 
 # B=4 prompts x G=4 responses; the E-step runs at step 1 (estep_every=1) so VPD's sharded E-step is
 # compared too. Seed and lengths give mixed rewards (checked below), so the updates are not empty.
@@ -27,7 +28,7 @@ def free_port() -> int:
 
 
 def spawn(world: int, out: Path) -> None:
-    torch.multiprocessing.spawn(D._spawn_entry, args=(world, free_port(), RUNS, str(out)),
+    torch.multiprocessing.spawn(equivalence._spawn_entry, args=(world, free_port(), RUNS, str(out)),
                                 nprocs=world, join=True)
 
 

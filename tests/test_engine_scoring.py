@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from vpd_bench.engine import HFEngine, sampling_filter
-from vpd_bench.models import build_tiny_random
-from vpd_bench.scoring import pack, response_logits, token_log_probs
+from vpd_bench.rollout.engine import HFEngine, sampling_filter
+from vpd_bench.models.loading import build_tiny_random
+from vpd_bench.rollout.scoring import pack, response_logits, token_log_probs
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vpd_bench.standalone_eval import export_evalplus
+from vpd_bench.launch.evaluate import export_evalplus
 from vpd_bench.tasks.code import CodeTask, evalplus_dataset_rows
 
 from test_code_task import FIXTURES, fence, make_cfg

@@ -70,7 +70,7 @@ def test_a_full_disk_during_a_checkpoint_is_a_clear_error_and_keeps_the_last_one
 
 
 def test_a_verifier_that_fails_on_one_sample_scores_it_as_an_error():
-    from vpd_bench.evaluation import safe_verify
+    from vpd_bench.evaluation.policy import safe_verify
     from vpd_bench.tasks.base import Problem, Verdict
 
     class Flaky:
@@ -120,7 +120,7 @@ def test_a_checkpoint_is_a_hugging_face_model_folder(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from vpd_bench.config import compose
-    from vpd_bench.models import load_model
+    from vpd_bench.models.loading import load_model
     assert run(tmp_path, "--steps", "2", "train.lr=1e-2") == 0
     ckpt = the_run(tmp_path) / "checkpoints" / "step_000002"
     assert (ckpt / "config.json").exists() and list(ckpt.glob("*.safetensors")) and (ckpt / "state.pt").exists()

@@ -195,7 +195,7 @@ def test_a_multi_run_invocation_ends_with_its_leaderboard(tmp_path, capsys):
 
 
 def test_closing_summary_says_when_a_run_had_no_learning_signal(tmp_path):
-    from vpd_bench.summary import closing_summary, no_signal
+    from vpd_bench.report.summary import closing_summary, no_signal
     run = tmp_path / "code" / "grpo" / "none" / "seed0"
     run.mkdir(parents=True)
     rows = [{"step": s, "no_signal_frac": 1.0 if s != 3 else 0.5, "reward_mean": 0.0} for s in range(1, 7)]
@@ -227,7 +227,7 @@ def test_vpd_without_esteps_is_sdpo_with_a_live_teacher(tmp_path):
 
 
 def test_parallel_plan_uses_every_core_once():
-    from vpd_bench.sweep import parallel_plan, parse_jobs
+    from vpd_bench.launch.sweep import parallel_plan, parse_jobs
     assert parallel_plan(1, "auto", cores=2) == (1, 2)        # one run: in-process, both cores
     assert parallel_plan(4, "auto", cores=2) == (2, 1)        # a sweep: one single-threaded run per core
     assert parallel_plan(12, "auto", cores=16) == (12, 1)
@@ -246,7 +246,7 @@ def test_validate_prints_the_parallel_plan(tmp_path, capsys):
 
 def test_results_record_the_revision_the_run_started_with(tmp_path, monkeypatch):
     """A long sweep outlives commits: results.json names the code the run executed, read at its start."""
-    import vpd_bench.loop as loop
+    import vpd_bench.training.loop as loop
     revisions = iter([{"revision": "aaaa", "dirty": False}, {"revision": "bbbb", "dirty": False}])
     monkeypatch.setattr(loop, "git_info", lambda: next(revisions))
     assert run_cli("--methods", "grpo", "--steps", "1", "--out", str(tmp_path)) == 0

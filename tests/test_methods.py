@@ -192,7 +192,7 @@ def test_sampled_support_rejects_forward_kl(make_trainer):
 def test_trust_region_teacher_mixes_frozen_and_live_logits(make_trainer):
     t = make_trainer("sdpo", overrides=["method.teacher=trust_region", "method.teacher_tau=0.25", "train.lr=1e-2"])
     step_on(t, toy_batch(t))                      # the live weights move away from the frozen copy
-    from vpd_bench.scoring import pack, response_logits
+    from vpd_bench.rollout.scoring import pack, response_logits
     packed = pack([[1, 2, 3]], [[4, 5]], t.pad_id)
     with torch.no_grad():
         mixed = t.teacher.logits(packed, 1.0, False)

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from vpd_bench.config import compose
 from vpd_bench.errors import UserError
-from vpd_bench.models import join_chunks, load_model, verify_checksum
+from vpd_bench.models.loading import join_chunks, load_model, verify_checksum
 
 
 def test_tiny_random_is_deterministic():
@@ -55,7 +55,7 @@ def test_unknown_local_folder_fails_clearly(tmp_path):
 @pytest.mark.integration
 def test_offline_default_model_loads_and_answers(monkeypatch, tmp_path):
     """The real packaged SmolLM2-135M: converted once, cached, answers a chat prompt coherently."""
-    from vpd_bench.engine import HFEngine
+    from vpd_bench.rollout.engine import HFEngine
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("VPD_BENCH_CACHE", str(tmp_path / "cache"))
     cfg = compose(model="smollm2-135m").model

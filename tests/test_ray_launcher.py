@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vpd_bench import ray_launcher as R
+from vpd_bench.launch import ray as ray_launcher as R
 from vpd_bench.cli import main
 from vpd_bench.errors import UserError
 
@@ -54,7 +54,7 @@ def test_two_run_sweep_on_local_ray(tmp_path):
 
 
 def test_failed_run_is_retried_once_and_counted(tmp_path):
-    from vpd_bench.sweep import expand
+    from vpd_bench.launch.sweep import expand
     # a task with no training problems passes the config checks and fails when the trainer starts:
     # the run fails at every attempt
     specs = expand(["grpo"], ["debug"], None, [0], model="tiny-random", overrides=FAST + ["train.steps=1",
@@ -67,7 +67,7 @@ def test_failed_run_is_retried_once_and_counted(tmp_path):
 
 def test_results_come_back_without_a_shared_filesystem(tmp_path, monkeypatch):
     """A worker that cannot see --out runs in scratch; the driver copies the results back."""
-    from vpd_bench.sweep import expand
+    from vpd_bench.launch.sweep import expand
     monkeypatch.setenv("VPD_BENCH_RAY_SCRATCH", str(tmp_path / "scratch"))
     spec = expand(["grpo"], ["debug"], None, [0], model="tiny-random", overrides=FAST + ["train.steps=1"],
                   out=str(tmp_path / "store"))[0]
@@ -78,7 +78,7 @@ def test_results_come_back_without_a_shared_filesystem(tmp_path, monkeypatch):
 
 
 def test_resources_and_missing_ray(monkeypatch):
-    from vpd_bench.sweep import expand
+    from vpd_bench.launch.sweep import expand
     spec = expand(["grpo"], ["debug"], None, [0], model="tiny-random")[0]
     assert R.resources_for(spec, cluster_gpus=0) == (1, 0)
     assert R.resources_for(spec, cluster_gpus=8) == (1, 1)         # a GPU cluster: one GPU per run

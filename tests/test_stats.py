@@ -1,11 +1,11 @@
-"""vpd_bench.stats against hand-computed values."""
+"""vpd_bench.evaluation.stats against hand-computed values."""
 import math
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from vpd_bench.stats import avg_at_k, bootstrap_ci, mean_stderr, pass_at_k
+from vpd_bench.evaluation.stats import avg_at_k, bootstrap_ci, mean_stderr, pass_at_k
 
 
 def exact_pass_at_k(n, c, k):
@@ -91,7 +91,7 @@ def test_bootstrap_ci_brackets_the_mean_and_is_reproducible():
 # ----------------------------------------------------------------------------------------------
 # intervals and the smallest detectable difference
 
-from vpd_bench.stats import min_detectable_effect, paired_bootstrap, t_interval, t_quantile  # noqa: E402
+from vpd_bench.evaluation.stats import min_detectable_effect, paired_bootstrap, t_interval, t_quantile  # noqa: E402
 
 
 @pytest.mark.parametrize("df,expected", [(1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764), (9, 2.2622),

@@ -25,7 +25,7 @@ def test_probe_rows_at_every_evaluation_with_fixed_items(tmp_path):
 
 
 def test_probe_logratio_is_the_mean_per_token_log_ratio_of_the_gold_answer(make_trainer):
-    from vpd_bench.teacher_probe import TeacherProbe, _teacher_prompt
+    from vpd_bench.training.teacher_probe import TeacherProbe, _teacher_prompt
     t = make_trainer("sdpo", overrides=["eval.teacher_probe=3"])
     probe = TeacherProbe(t, 3)
     row = probe.measure(0)

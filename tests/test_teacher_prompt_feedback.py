@@ -5,12 +5,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from vpd_bench.batch import Feedback, RolloutBatch
+from vpd_bench.rollout.batch import Feedback, RolloutBatch
 from vpd_bench.config import compose
 from vpd_bench.errors import UserError
-from vpd_bench.feedback import CombinedFeedback, SelfCritiqueFeedback, add_noise, cap_text
-from vpd_bench.models import build_tiny_tokenizer
-from vpd_bench.teacher_prompt import build_teacher_prompt
+from vpd_bench.training.feedback import CombinedFeedback, SelfCritiqueFeedback, add_noise, cap_text
+from vpd_bench.models.loading import build_tiny_tokenizer
+from vpd_bench.training.teacher_prompt import build_teacher_prompt
 from vpd_bench.tasks.base import Problem
 
 TOK = build_tiny_tokenizer()

@@ -12,7 +12,7 @@ import pytest
 from vpd_bench.cli import _specs, main, parse
 from vpd_bench.config import compose, to_yaml
 from vpd_bench.errors import UserError
-from vpd_bench.tune import (Point, choose, hold_out_validation, load_tuned, parse_grid, plan, preference)
+from vpd_bench.launch.tune import (Point, choose, hold_out_validation, load_tuned, parse_grid, plan, preference)
 
 SMALL = ["rollout.max_new_tokens=4", "train.prompts_per_step=1", "train.group_size=2", "eval.num_problems=2",
          "eval.samples=1", "eval.greedy=false"]
@@ -215,7 +215,7 @@ def test_a_rerun_trains_nothing_that_is_complete_and_chooses_from_the_runs_there
 
     def no_training(*a, **k):
         raise AssertionError("a complete run was trained again")
-    monkeypatch.setattr("vpd_bench.loop.Trainer.__init__", no_training)
+    monkeypatch.setattr("vpd_bench.training.loop.Trainer.__init__", no_training)
     assert main(["tune", "--methods", "grpo", "--task", "debug", "--model", "tiny-random", "--grid", "train.lr=1e-5,3e-5",
                  "--out", str(out), "train.steps=2"]) == 0
     assert load_tuned(out / "chosen.yaml") == {"grpo": ["train.lr=1e-5"]}

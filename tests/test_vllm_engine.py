@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vpd_bench import vllm_engine as V
-from vpd_bench.engine import HFEngine
+from vpd_bench.rollout import vllm as vllm_engine as V
+from vpd_bench.rollout.engine import HFEngine
 from vpd_bench.errors import UserError
 
 TINY = ["rollout.max_new_tokens=12", "train.prompts_per_step=2", "train.group_size=4", "eval.num_problems=4",
@@ -165,7 +165,7 @@ def with_fake_vllm(monkeypatch):
 
 def trainer(tmp_path, method="grpo", overrides=(), name="run"):
     from vpd_bench.config import compose
-    from vpd_bench.loop import Trainer
+    from vpd_bench.training.loop import Trainer
     cfg = compose(method, "debug", None, model="tiny-random", engine="vllm", overrides=TINY + list(overrides))
     return Trainer(cfg, tmp_path / name, progress=False)
 

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from vpd_bench.errors import UserError
 
 log = logging.getLogger("vpd_bench")
 
@@ -18,7 +18,7 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def _jobs(text):
-    from .sweep import parse_jobs
+    from vpd_bench.launch.sweep import parse_jobs
     return parse_jobs(text)
 
 
@@ -49,7 +49,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _specs(args):
-    from .sweep import expand, load_sweep
+    from vpd_bench.launch.sweep import expand, load_sweep
     sweep = load_sweep(args.sweep) if args.sweep else {}
     methods = _csv(args.methods) or sweep.get("methods") or ["grpo"]
     tasks = _csv(args.task) or sweep.get("tasks") or ["debug"]
@@ -72,7 +72,7 @@ def _specs(args):
     model = args.model or sweep.get("model")
     out = args.out or sweep.get("out", "runs")
     if getattr(args, "tuned", None):
-        from .tune import apply_tuned, load_tuned
+        from vpd_bench.launch.tune import apply_tuned, load_tuned
         tuned = load_tuned(args.tuned)
         untuned = [m for m in methods if m not in tuned]
         if untuned:
@@ -109,13 +109,13 @@ def check_writable(out) -> None:
 
 
 def cmd_run(args) -> int:
-    from .sweep import run_local, run_one, run_status
+    from vpd_bench.launch.sweep import run_local, run_one, run_status
     specs = _specs(args)
     for root in sorted({str(s.out) for s in specs}):
         check_writable(root)
     log.info("%d run(s): %s", len(specs), ", ".join(str(s.run_dir()) for s in specs))
     if args.launcher == "ray":
-        from .ray_launcher import run_ray
+        from vpd_bench.launch.ray import run_ray
         failures = run_ray(specs, address=args.address, resume=True)
     elif len(specs) == 1:
         spec = specs[0]
@@ -129,7 +129,7 @@ def cmd_run(args) -> int:
         failures = 0
     else:
         failures = run_local(specs, jobs=args.jobs, resume=True)
-    from .summary import closing_summary
+    from vpd_bench.report.summary import closing_summary
     out_root = args.out or (specs[0].out if specs else "runs")
     print(closing_summary([s.run_dir() for s in specs], out_root, [s.method for s in specs], failures), flush=True)
     return 1 if failures else 0
@@ -142,8 +142,8 @@ def _print_result(result) -> None:
 
 
 def cmd_validate(args) -> int:
-    from .config import to_yaml
-    from .sweep import run_status
+    from vpd_bench.config import to_yaml
+    from vpd_bench.launch.sweep import run_status
     specs = _specs(args)
     problems = []
     for spec in specs:
@@ -151,7 +151,7 @@ def cmd_validate(args) -> int:
         problems += check_assets(cfg)
     first = specs[0].compose()
     print("# resolved config of the first run\n" + to_yaml(first))
-    from .sweep import parallel_plan
+    from vpd_bench.launch.sweep import parallel_plan
     jobs, threads = parallel_plan(len(specs), getattr(args, "jobs", "auto"))
     print(f"# plan: {len(specs)} run(s), {jobs} parallel job(s) x {threads} thread(s) each "
           f"({os.cpu_count() or 1} core(s); --jobs to change)")
@@ -200,7 +200,7 @@ def check_assets(cfg) -> list[str]:
 def cmd_ls(args) -> int:
     from omegaconf import OmegaConf
 
-    from .config import CONF_DIR, group_options
+    from vpd_bench.config import CONF_DIR, group_options
     skip = {"name", "defaults"}
 
     def summary(group, opt):
@@ -234,7 +234,7 @@ def cmd_ls(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from .tune import DEFAULT_OUT, parse_grid, tune
+    from vpd_bench.launch.tune import DEFAULT_OUT, parse_grid, tune
     methods = _csv(args.methods) or ["grpo"]
     tasks = _csv(args.task) or ["debug"]
     if len(tasks) != 1:
@@ -265,12 +265,12 @@ def cmd_tune(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .standalone_eval import eval_main
+    from vpd_bench.launch.evaluate import eval_main
     return eval_main(args)
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from vpd_bench.report import write_report
     paths = write_report(args.runs_dir, args.out or os.path.join(args.runs_dir, "report"), metric=args.metric,
                          budget_steps=args.budget_steps, budget_wall_s=args.budget_wall, baseline=args.baseline)
     for k, v in paths.items():
@@ -279,7 +279,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .config import compose
+    from vpd_bench.config import compose
     from vpd_bench.tasks import build_task
     cfg = compose(task=args.task, overrides=args.overrides)
     task = build_task(cfg)
@@ -294,7 +294,7 @@ def cmd_verify(args) -> int:
     held_out = {p.id: p for p in task.eval_problems()}
     problems.update(held_out)
     if args.problem not in problems:
-        from .registry import suggest
+        from vpd_bench.registry import suggest
         raise UserError(f"no problem '{args.problem}' in task {args.task}.{suggest(args.problem, problems)}")
     # held-out problems are judged with all their tests; training problems with the training-side ones
     split = args.split or ("eval" if args.problem in held_out else "train")

@@ -13,7 +13,7 @@ from typing import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import UserError
+from vpd_bench.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 GROUPS = ("method", "task", "feedback", "model", "engine", "preset")
@@ -116,7 +116,7 @@ def compose(method: str = "grpo", task: str = "debug", feedback: str | None = No
         return compose(method, task, feedback, cfg.task.default_model, preset, engine, overrides)
     if cfg.setting not in ("instruct", "cold_start"):
         raise UserError(f"setting must be 'instruct' or 'cold_start', got {cfg.setting!r}")
-    from .validation import check_config
+    from vpd_bench.validation import check_config
     check_config(cfg, base, user)          # types and ranges, before anything is created
     return cfg
 

@@ -1,6 +1,6 @@
 """The method interface. A method file implements only what differs: which context its teacher
 reads, its loss on a micro-batch, and what happens after the student update (teacher EMA, VPD's
-E-step). The loop (``vpd_bench.loop``) owns generation, verification, scoring and optimisation.
+E-step). The loop (``vpd_bench.training.loop``) owns generation, verification, scoring and optimisation.
 """
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Callable
 
 import torch
 
-from . import losses as L
-from .batch import Feedback, RolloutBatch
-from .registry import lookup
-from .scoring import Packed, token_log_probs
+from vpd_bench import losses as L
+from vpd_bench.rollout.batch import Feedback, RolloutBatch
+from vpd_bench.registry import lookup
+from vpd_bench.rollout.scoring import Packed, response_logits, token_log_probs  # noqa: F401 (public to methods/)
 
 log = logging.getLogger("vpd_bench")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 from typing import Iterable, Mapping, TypeVar
 
-from .errors import UserError
+from vpd_bench.errors import UserError
 
 T = TypeVar("T")
 

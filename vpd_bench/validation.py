@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .errors import UserError
+from vpd_bench.errors import UserError
 
 Rule = Callable[[Any], str | None]   # returns what is allowed when the value breaks the rule
 

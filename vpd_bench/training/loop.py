@@ -18,21 +18,21 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from . import losses as L
-from .batch import RolloutBatch
-from .config import feedback_label, to_yaml
-from .distributed import context as dist_context
-from .engine import HFEngine
-from .errors import UserError
-from .evaluation import evaluate_policy, safe_verify
-from .feedback import CombinedFeedback
-from .method import MicroBatch, build_method, teacher_gain
-from .models import LoadedModel, load_model
-from .results import RunResult, git_info, read_results, versions, write_results
-from .scoring import micro_batches, pack, response_logits, token_log_probs
-from .store import RunStore, load_weights
-from .teacher_prompt import build_teacher_prompt, render_prompt
-from .teachers import FrozenTeacher, build_teacher
+from vpd_bench import losses as L
+from vpd_bench.rollout.batch import RolloutBatch
+from vpd_bench.config import feedback_label, to_yaml
+from vpd_bench.training.distributed import context as dist_context
+from vpd_bench.rollout.engine import HFEngine
+from vpd_bench.errors import UserError
+from vpd_bench.evaluation.policy import evaluate_policy, safe_verify
+from vpd_bench.training.feedback import CombinedFeedback
+from vpd_bench.method import MicroBatch, build_method, teacher_gain
+from vpd_bench.models.loading import LoadedModel, load_model
+from vpd_bench.evaluation.results import RunResult, git_info, read_results, versions, write_results
+from vpd_bench.rollout.scoring import micro_batches, pack, response_logits, token_log_probs
+from vpd_bench.training.store import RunStore, load_weights
+from vpd_bench.training.teacher_prompt import build_teacher_prompt, render_prompt
+from vpd_bench.training.teachers import FrozenTeacher, build_teacher
 
 log = logging.getLogger("vpd_bench")
 
@@ -83,7 +83,7 @@ class Trainer:
         self.train_problems = self.task.train_problems()
         if not self.train_problems:
             raise UserError(f"task '{cfg.task.name}' has no training problems")
-        from .splits import hold_out_validation      # the last training problems, never trained on (eval.split)
+        from vpd_bench.training.splits import hold_out_validation      # the last training problems, never trained on (eval.split)
         self.train_problems, self.validation_problems = hold_out_validation(
             self.train_problems, int(cfg.eval.get("validation_problems", 0)), str(cfg.eval.get("split", "heldout")))
         self.chat = bool(cfg.model.chat) and cfg.task.prompt_format == "chat" and cfg.setting != "cold_start"
@@ -127,7 +127,7 @@ class Trainer:
             return HFEngine(self.model, self.tokenizer, bool(ecfg.prompt_sharing), bool(ecfg.drop_finished),
                             bool(self.cfg.train.bf16_autocast), ecfg.get("dtype"))
         if ecfg.name == "vllm":
-            from .vllm_engine import VLLMEngine
+            from vpd_bench.rollout.vllm import VLLMEngine
             return VLLMEngine.from_config(self.cfg, self.model, self.tokenizer, rank=self.dist.rank,
                                           distributed=self.dist.enabled)
         raise UserError(f"unknown engine '{ecfg.name}' (hf, vllm)")
@@ -417,7 +417,7 @@ class Trainer:
             log.warning("eval.teacher_probe runs in one process only: skipped")
             return
         if getattr(self, "_teacher_probe", None) is None:
-            from .teacher_probe import TeacherProbe
+            from vpd_bench.training.teacher_probe import TeacherProbe
             self._teacher_probe = TeacherProbe(self, n)
         row = self._teacher_probe.measure(step)
         if row is not None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from .errors import UserError
+from vpd_bench.errors import UserError
 
 log = logging.getLogger("vpd_bench")
 

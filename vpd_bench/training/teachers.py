@@ -12,9 +12,9 @@ from contextlib import contextmanager
 
 import torch
 
-from .losses import ema_update_, trust_region_logits
-from .registry import lookup
-from .scoring import Packed, response_logits
+from vpd_bench.losses import ema_update_, trust_region_logits
+from vpd_bench.registry import lookup
+from vpd_bench.rollout.scoring import Packed, response_logits
 
 
 def is_peft(model) -> bool:

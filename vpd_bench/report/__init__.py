@@ -2,7 +2,7 @@
 
 A runs tree is ``<runs>/<task>/<method>/<feedback>/seed<k>/`` with ``config.yaml``,
 ``metrics.jsonl`` (one object per training step), ``eval.jsonl`` (one object per held-out
-evaluation) and ``results.json`` (see ``vpd_bench.results``). Any of these may be missing or
+evaluation) and ``results.json`` (see ``vpd_bench.evaluation.results``). Any of these may be missing or
 damaged: such runs are loaded, flagged and reported, never a reason to stop.
 
 Public entry points:
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from vpd_bench.errors import UserError
-from vpd_bench.stats import mean_stderr, min_detectable_effect, paired_bootstrap, t_interval
+from vpd_bench.evaluation.stats import mean_stderr, min_detectable_effect, paired_bootstrap, t_interval
 
 DEFAULT_METRIC = "pass@1"
 # Keys in an eval's "metrics" that describe the evaluation rather than score it.
@@ -718,7 +718,7 @@ def build_leaderboard(runs: list[RunRecord], metric: str = DEFAULT_METRIC, budge
     problem id), with its interval; ``significant`` is True when that interval excludes 0 and
     ``verdict`` says which way. ``baseline=None`` (or "none") leaves those columns empty. mde: the
     smallest detectable difference of two rates near this row's final score with n = problems x
-    samples x seeds (``vpd_bench.stats.min_detectable_effect``). Rows are grouped by task and
+    samples x seeds (``vpd_bench.evaluation.stats.min_detectable_effect``). Rows are grouped by task and
     ranked within it by mean final score (a ranking, not a test)."""
     if budget_steps is not None and budget_steps < 0:
         raise UserError(f"--budget-steps must be >= 0, got {budget_steps}")

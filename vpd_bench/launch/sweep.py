@@ -14,8 +14,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .config import CONF_DIR, compose, feedback_label, group_options
-from .errors import UserError
+from vpd_bench.config import CONF_DIR, compose, feedback_label, group_options
+from vpd_bench.errors import UserError
 
 log = logging.getLogger("vpd_bench")
 
@@ -66,7 +66,7 @@ class RunSpec:
 def load_sweep(name: str) -> dict:
     path = CONF_DIR / "sweep" / f"{name}.yaml"
     if not path.exists():
-        from .registry import suggest
+        from vpd_bench.registry import suggest
         raise UserError(f"unknown sweep '{name}'.{suggest(name, group_options('sweep'))} "
                         f"Known sweeps: {', '.join(group_options('sweep'))}")
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
@@ -108,7 +108,7 @@ def run_status(run_dir: Path, steps: int | None = None) -> str:
 
 
 def run_one(spec: RunSpec, resume: bool = True, progress: bool = True):
-    from .loop import Trainer
+    from vpd_bench.training.loop import Trainer
     cfg = spec.compose()
     run_dir = spec.run_dir(cfg)
     status = run_status(run_dir, int(cfg.train.steps))

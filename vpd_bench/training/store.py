@@ -5,9 +5,9 @@
   eval.jsonl      one JSON object per held-out evaluation
   eval_samples.jsonl  one JSON object per held-out problem and sample at every evaluation
                   (step, problem_id, sample, response, reward, status, answer, feedback)
-  teacher_probe.jsonl  with eval.teacher_probe > 0: one row per evaluation (vpd_bench.teacher_probe)
+  teacher_probe.jsonl  with eval.teacher_probe > 0: one row per evaluation (vpd_bench.training.teacher_probe)
   samples.jsonl   prompts, responses, rewards, feedback, teacher prompts (capped per step)
-  results.json    the typed summary (vpd_bench.results)
+  results.json    the typed summary (vpd_bench.evaluation.results)
   checkpoints/    step_XXXXXX/ {state.pt, meta.json} and LATEST
   train.log       one line per step
 A killed run loses at most the steps since its last checkpoint; on resume the JSONL files are
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .results import atomic_write_text, storage_error
+from vpd_bench.errors import UserError
+from vpd_bench.evaluation.results import atomic_write_text, storage_error
 
 log = logging.getLogger("vpd_bench")
 

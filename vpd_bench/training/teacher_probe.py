@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from .batch import Feedback
-from .results import atomic_write_text
-from .teacher_prompt import build_teacher_prompt
+from vpd_bench.rollout.batch import Feedback
+from vpd_bench.evaluation.results import atomic_write_text
+from vpd_bench.training.teacher_prompt import build_teacher_prompt
 
 log = logging.getLogger("vpd_bench")
 

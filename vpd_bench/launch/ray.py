@@ -41,7 +41,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .errors import UserError
+from vpd_bench.errors import UserError
 
 log = logging.getLogger("vpd_bench")
 
@@ -88,7 +88,7 @@ def _scratch_root() -> Path:
 
 def execute_run(fields: dict, marker: str, threads: int) -> dict:
     """Run one spec in a subprocess; raise on failure (so that Ray retries it)."""
-    from .sweep import RunSpec, run_status
+    from vpd_bench.launch.sweep import RunSpec, run_status
     names = {f.name for f in dataclasses.fields(RunSpec)}
     spec = RunSpec(**{k: v for k, v in fields.items() if k in names})
     shared = Path(marker).exists()
@@ -145,7 +145,7 @@ def run_ray(specs, address: str | None = None, resume: bool = True, num_cpus=Non
             max_retries: int = 1) -> int:
     """Run every spec as a Ray task; gather results into the run store. Returns the number of
     runs that failed (after their retry)."""
-    from .sweep import run_status
+    from vpd_bench.launch.sweep import run_status
     ray = import_ray()
     todo = []
     for spec in specs:

@@ -7,7 +7,7 @@ the evaluations score the last ``eval.validation_problems`` training problems, w
 (tuning or comparison) holds back from training, so the held-out split the leaderboard reports
 never takes part in a choice. A grid key a method does not have (``method.beta`` for grpo) is
 applied only to the methods that have it. The runs go through the sweep machinery
-(``vpd_bench.sweep``): folders ``<out>/<task>/<method>[<grid label>]/<feedback>/seed<k>``,
+(``vpd_bench.launch.sweep``): folders ``<out>/<task>/<method>[<grid label>]/<feedback>/seed<k>``,
 complete runs skipped on a re-run, partial ones resumed. Then :func:`choose` picks one point per
 method by :data:`RULE` and :func:`write_outputs` writes ``tuning.json``, ``tuning.md``,
 ``chosen.yaml`` (the overrides ``vpd-bench run --tuned`` applies) and ``tuning.png``.
@@ -23,8 +23,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
-from .splits import SPLITS, VALIDATION_SHARE, hold_out_validation  # noqa: F401 (re-exported)
+from vpd_bench.errors import UserError
+from vpd_bench.training.splits import SPLITS, VALIDATION_SHARE, hold_out_validation  # noqa: F401 (re-exported)
 
 log = logging.getLogger("vpd_bench")
 
@@ -117,8 +117,8 @@ def plan(methods: list[str], task: str, grid: dict[str, list[str]], seeds: list[
          overrides: list[str] = (), out: str = DEFAULT_OUT):
     """(specs, points by method, grid keys skipped by method). Every method gets the grid keys its
     config has; the runs evaluate on the validation split."""
-    from .config import compose
-    from .sweep import expand
+    from vpd_bench.config import compose
+    from vpd_bench.launch.sweep import expand
     overrides = list(overrides)
     for ov in overrides:
         key = ov.split("=", 1)[0].lstrip("+~")
@@ -166,7 +166,7 @@ def plan(methods: list[str], task: str, grid: dict[str, list[str]], seeds: list[
 
 def _point_summary(point: Point, metric: str) -> dict:
     """Per seed: the validation curve {step: score}, the final step, per-problem final scores."""
-    from .report import load_run, score_of
+    from vpd_bench.report import load_run, score_of
     seeds = {}
     for seed, run_dir in sorted(point.run_dirs.items()):
         if not Path(run_dir).is_dir():
@@ -195,7 +195,7 @@ def _mean(values) -> float:
 def paired_difference(a: dict, b: dict) -> tuple[float, float, float, str]:
     """(estimate, low, high, method) of the mean paired difference b - a of two points' final scores,
     over the seeds both have (``a`` / ``b``: :func:`_point_summary` outputs)."""
-    from .stats import paired_bootstrap, t_interval
+    from vpd_bench.evaluation.stats import paired_bootstrap, t_interval
     common = sorted(set(a) & set(b))
     if not common:
         return math.nan, math.nan, math.nan, "n/a (no common seed)"
@@ -219,7 +219,7 @@ def choose(points: list[Point], metric: str = "pass@1") -> dict:
     """Apply :data:`RULE` to one method's points. Returns ``{"points": [...], "best", "chosen",
     "reason"}``; each point carries its per-step validation curve (mean over seeds), its final
     mean and standard error, its paired difference from the best, and whether it ties."""
-    from .stats import mean_stderr
+    from vpd_bench.evaluation.stats import mean_stderr
     rows = []
     for point in points:
         seeds = _point_summary(point, metric)
@@ -418,7 +418,7 @@ def suggested_command(methods, task, preset, model, feedback, out, overrides) ->
 
 
 def write_outputs(result: dict, out: str | Path) -> dict[str, Path]:
-    from .results import atomic_write_text
+    from vpd_bench.evaluation.results import atomic_write_text
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"tuning.json": out / "tuning.json", "tuning.md": out / "tuning.md", "chosen.yaml": out / "chosen.yaml"}
@@ -439,7 +439,7 @@ def tune(methods: list[str], task: str, grid: dict[str, list[str]], seeds: list[
          preset=None, engine=None, overrides=(), out: str = DEFAULT_OUT, jobs: int | str = "auto", metric: str = "pass@1",
          train: bool = True) -> tuple[dict, dict[str, Path]]:
     """Plan, run (unless ``train`` is False), choose and write. Returns (result, written paths)."""
-    from .sweep import run_local
+    from vpd_bench.launch.sweep import run_local
     # tuning needs numbers, not weights: no checkpoint is kept once a run completes (an override wins)
     specs, points, skipped = plan(methods, task, grid, seeds, feedback, model, preset, engine,
                                   ["train.keep_checkpoints=0", *overrides], out)
@@ -451,7 +451,7 @@ def tune(methods: list[str], task: str, grid: dict[str, list[str]], seeds: list[
         log.info("tuning: %d run(s) (%s) in %s", len(specs),
                  ", ".join(f"{m} {len(p)} point(s) x {len(seeds)} seed(s)" for m, p in points.items()), out)
         failures = run_local(specs, jobs=jobs, resume=True)
-    from .report import check_metric, load_run
+    from vpd_bench.report import check_metric, load_run
     runs = [load_run(d) for ps in points.values() for p in ps for d in p.run_dirs.values() if Path(d).is_dir()]
     check_metric(runs, metric)
     cfg = specs[0].compose()

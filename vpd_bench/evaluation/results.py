@@ -84,7 +84,7 @@ def storage_error(err: OSError, path) -> Exception:
     previous version of the file is intact."""
     import errno
 
-    from .errors import UserError
+    from vpd_bench.errors import UserError
     what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
             errno.EROFS: "the file system is read-only"}.get(err.errno, err.strerror or type(err).__name__)
     return UserError(f"could not write {path}: {what}. The previous version of the file (and the last complete "

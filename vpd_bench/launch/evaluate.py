@@ -8,14 +8,14 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from .config import compose
-from .engine import HFEngine
-from .errors import UserError
-from .evaluation import evaluate_policy
-from .models import load_model
-from .results import atomic_write_text
-from .store import RunStore, load_weights
-from .teacher_prompt import render_prompt
+from vpd_bench.config import compose
+from vpd_bench.rollout.engine import HFEngine
+from vpd_bench.errors import UserError
+from vpd_bench.evaluation.policy import evaluate_policy
+from vpd_bench.models.loading import load_model
+from vpd_bench.evaluation.results import atomic_write_text
+from vpd_bench.training.store import RunStore, load_weights
+from vpd_bench.training.teacher_prompt import render_prompt
 
 
 def load_run(run_dir: Path, overrides=()):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .store import read_jsonl
+from vpd_bench.training.store import read_jsonl
 
 # a step is "flat" when every group had one reward; a run is flagged when most of its steps were
 FLAT_STEP = 0.999
@@ -25,7 +25,7 @@ def no_signal(run_dir: Path) -> dict | None:
 
 
 def closing_summary(run_dirs: list[Path], out_root: str | Path, methods: list[str], failures: int = 0) -> str:
-    from .report import summary_table
+    from vpd_bench.report import summary_table
     dirs = [Path(d) for d in run_dirs if (Path(d) / "results.json").exists() or (Path(d) / "eval.jsonl").exists()]
     lines = ["", f"== vpd-bench: {len(run_dirs)} run(s)" + (f", {failures} failed" if failures else "") + " =="]
     if not dirs:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import UserError
+from vpd_bench.errors import UserError
 
 
 def config_for(mcfg, vocab_size: int, eos_id: int, pad_id: int):
@@ -42,7 +42,7 @@ def build_from_config(mcfg):
     """``provider: config`` -> LoadedModel (model on CPU in ``model.dtype``; the trainer places it)."""
     from transformers import AutoModelForCausalLM
 
-    from .models import LoadedModel, _dtype, build_tiny_tokenizer
+    from vpd_bench.models.common import LoadedModel, _dtype, build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     config = config_for(mcfg, len(tok), tok.eos_token_id, tok.pad_token_id)

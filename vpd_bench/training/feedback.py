@@ -11,8 +11,8 @@ import logging
 import random
 from typing import Callable
 
-from .batch import Feedback, RolloutBatch
-from .registry import lookup
+from vpd_bench.rollout.batch import Feedback, RolloutBatch
+from vpd_bench.registry import lookup
 
 log = logging.getLogger("vpd_bench")
 

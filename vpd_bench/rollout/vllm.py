@@ -42,8 +42,8 @@ import time
 
 import torch
 
-from .engine import Generation
-from .errors import UserError
+from vpd_bench.rollout.engine import Generation
+from vpd_bench.errors import UserError
 
 log = logging.getLogger("vpd_bench")
 
@@ -217,7 +217,7 @@ class VLLMEngine:
 
     @torch.no_grad()
     def trainer_logprobs(self, model, pairs) -> list[list[float]]:
-        from .scoring import pack, response_logits, token_log_probs
+        from vpd_bench.rollout.scoring import pack, response_logits, token_log_probs
         device = next(model.parameters()).device
         packed = pack([p for p, _ in pairs], [r for _, r in pairs], self.pad_id, device)
         was_training = model.training

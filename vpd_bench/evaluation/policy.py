@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from .stats import pass_at_k
+from vpd_bench.evaluation.stats import pass_at_k
 
 log = logging.getLogger("vpd_bench")
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .store import RunStore
+from vpd_bench.training.store import RunStore
 
 log = logging.getLogger("vpd_bench")
 
@@ -96,7 +96,7 @@ class DistContext:
         if not self.enabled or self._local_view:
             return 0, n
         if n < self.world_size and not allow_empty:
-            from .errors import UserError
+            from vpd_bench.errors import UserError
             raise UserError(f"train.prompts_per_step={n} is smaller than the number of processes "
                             f"({self.world_size}): every rank needs at least one prompt")
         return n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
@@ -169,7 +169,7 @@ class DistContext:
         """Make the batch's loss normalisers global (counts over every rank's slice)."""
         if not self.enabled:
             return
-        from .method import Normalizers
+        from vpd_bench.method import Normalizers
         keys = sorted(k for k, v in batch.extras.items() if isinstance(v, Normalizers))
         if not keys:
             return
@@ -327,64 +327,3 @@ def context() -> DistContext:
 def _reset_for_tests() -> None:
     global _CONTEXT
     _CONTEXT = None
-
-
-# -- the equivalence check (tests; also a set-up check on a multi-GPU machine) -------------------------------
-def fixed_batch_update(runs: dict[str, list[str]], out_dir: str, step: int = 1) -> None:
-    """Build the whole step-``step`` rollout batch on every rank, keep this rank's slice, run one
-    update (and the method's after-update: VPD's E-step) and save, from rank 0, the gradients of
-    every optimizer step, the parameters after the update and the logged metrics to
-    ``out_dir/<method>-w<world>.pt``. ``runs`` maps a method to its config overrides. Run it with
-    1 and with N processes and compare."""
-    from pathlib import Path
-
-    from .batch import RolloutBatch
-    from .config import compose
-    from .loop import Trainer
-
-    ctx = context()
-    for method, overrides in runs.items():
-        cfg = compose(method, "debug", None, model="tiny-random", overrides=list(overrides))
-        run_dir = Path(out_dir) / f"run-{method}-w{ctx.world_size}"
-        trainer = Trainer(cfg, run_dir, progress=False)
-        with ctx.local_view():
-            full = trainer.generate(step)
-        trainer.verify(full)
-        lo, hi = ctx.bounds(len(full.problems), allow_empty=False)
-        G = full.group_size
-        batch = RolloutBatch(step=step, group_size=G, problems=full.problems[lo:hi],
-                             prompt_texts=full.prompt_texts[lo:hi], prompt_ids=full.prompt_ids[lo:hi])
-        for name in ("response_ids", "rollout_logp", "finish_reasons", "response_texts", "statuses",
-                     "verdict_feedback", "verdicts"):
-            setattr(batch, name, getattr(full, name)[lo * G:hi * G])
-        batch.rewards = full.rewards[lo * G:hi * G]
-        grads: list = []
-        step_fn = trainer.optimizer.step
-
-        def capture(*a, **k):           # the synchronised gradients of every optimizer step
-            grads.append([p.grad.detach().clone() if p.grad is not None else None
-                          for p in trainer.model.parameters()])
-            return step_fn(*a, **k)
-
-        trainer.optimizer.step = capture
-        trainer.build_teacher_context(batch)
-        metrics = trainer.update_student(batch)
-        metrics.update(trainer.method.after_update(batch, step))
-        metrics = ctx.reduce_metrics(metrics)
-        if ctx.is_main:
-            torch.save({"grads": grads, "params": [p.detach().clone() for p in trainer.model.parameters()],
-                        "metrics": metrics, "rewards": full.rewards.tolist()},
-                       Path(out_dir) / f"{method}-w{ctx.world_size}.pt")
-        ctx.barrier()
-
-
-def _spawn_entry(rank: int, world: int, port: int, runs: dict[str, list[str]], out_dir: str) -> None:
-    """torch.multiprocessing.spawn target: set the launcher's environment, then run the check."""
-    os.environ.update({"WORLD_SIZE": str(world), "RANK": str(rank), "LOCAL_RANK": str(rank),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "VPD_BENCH_DEVICE": "cpu",
-                       "OMP_NUM_THREADS": "1"})
-    torch.set_num_threads(1)
-    _reset_for_tests()
-    fixed_batch_update(runs, out_dir)
-    if world > 1:
-        torch.distributed.destroy_process_group()

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .batch import Feedback
-from .errors import UserError
+from vpd_bench.rollout.batch import Feedback
+from vpd_bench.errors import UserError
 
 
 @dataclass

@@ -1,0 +1,3 @@
+"""Evaluation: scoring a policy on held-out problems (``policy``), pass@k and the statistics of
+comparisons (``stats``), and the run-folder schema every reader and writer goes through
+(``results``)."""
