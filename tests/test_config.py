@@ -116,6 +116,8 @@ def test_wheel_installs_methods_and_tasks_under_vpd_bench(tmp_path):
     wheel = next(tmp_path.glob("vpd_bench-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for must in ["vpd_bench/methods/vpd.py", "vpd_bench/tasks/code.py", "vpd_bench/conf/config.yaml",
+                 "vpd_bench/rollout/engine.py", "vpd_bench/training/loop.py", "vpd_bench/evaluation/results.py",
+                 "vpd_bench/launch/sweep.py", "vpd_bench/report/summary.py", "vpd_bench/models/common.py",
                  "vpd_bench/conf/method/vpd.yaml", "vpd_bench/tasks/fixtures/code/mbpp.jsonl",
                  "vpd_bench/tasks/fixtures/math/gsm8k.jsonl"]:
         assert must in names, must
