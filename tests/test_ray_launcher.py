@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vpd_bench.launch import ray as ray_launcher as R
+from vpd_bench.launch import ray as R
 from vpd_bench.cli import main
 from vpd_bench.errors import UserError
 

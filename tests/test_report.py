@@ -414,7 +414,7 @@ def test_html_shows_provenance_statistics_and_each_runs_revision(report):
 
 
 def test_a_single_logged_step_is_drawn_as_points(tmp_path):
-    from vpd_bench.report import _fig_health
+    from vpd_bench.report.figures import _fig_health
     run = load_run(write_run(tmp_path / "runs", "vpd", 0, [0.2, 0.3], steps=1, eval_steps=(0, 1)))
     notes = []
     fig = _fig_health([run], "debug", "env+sibling", notes)

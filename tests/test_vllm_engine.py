@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vpd_bench.rollout import vllm as vllm_engine as V
+from vpd_bench.rollout import vllm as V
 from vpd_bench.rollout.engine import HFEngine
 from vpd_bench.errors import UserError
 

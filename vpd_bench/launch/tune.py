@@ -166,7 +166,8 @@ def plan(methods: list[str], task: str, grid: dict[str, list[str]], seeds: list[
 
 def _point_summary(point: Point, metric: str) -> dict:
     """Per seed: the validation curve {step: score}, the final step, per-problem final scores."""
-    from vpd_bench.report import load_run, score_of
+    from vpd_bench.evaluation.results import load_run
+    from vpd_bench.report.leaderboard import score_of
     seeds = {}
     for seed, run_dir in sorted(point.run_dirs.items()):
         if not Path(run_dir).is_dir():
@@ -451,7 +452,8 @@ def tune(methods: list[str], task: str, grid: dict[str, list[str]], seeds: list[
         log.info("tuning: %d run(s) (%s) in %s", len(specs),
                  ", ".join(f"{m} {len(p)} point(s) x {len(seeds)} seed(s)" for m, p in points.items()), out)
         failures = run_local(specs, jobs=jobs, resume=True)
-    from vpd_bench.report import check_metric, load_run
+    from vpd_bench.evaluation.results import load_run
+    from vpd_bench.report.leaderboard import check_metric
     runs = [load_run(d) for ps in points.values() for p in ps for d in p.run_dirs.values() if Path(d).is_dir()]
     check_metric(runs, metric)
     cfg = specs[0].compose()
