@@ -40,6 +40,21 @@ import warnings
 SCHEMA_VERSION = 1
 
 
+# ----------------------------------------------------------------------------------------------
+# the run folder: <runs>/<task>/<method>/<feedback>/seed<k>/ holds these files (the store writes them,
+# the reader below, the report and the tuner read them; nothing else names them)
+
+RESULTS_FILE = "results.json"           # the typed summary (RunResult), written when a run ends
+CONFIG_FILE = "config.yaml"             # the composed config the run used
+METRICS_FILE = "metrics.jsonl"          # one object per training step
+EVAL_FILE = "eval.jsonl"                # one object per held-out evaluation
+TRAIN_SAMPLES_FILE = "samples.jsonl"    # a few training responses per step
+SAMPLES_FILE = "eval_samples.jsonl"     # one row per held-out problem x sample x evaluation (optional)
+TEACHER_PROBE_FILE = "teacher_probe.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+RUN_FILES = (RESULTS_FILE, METRICS_FILE, EVAL_FILE)   # any of them marks a folder as a run
+
+
 @dataclass
 class RunResult:
     run: dict
@@ -130,10 +145,6 @@ def versions() -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # reading a runs tree: every file of a run folder, tolerant of missing and damaged ones (the report
 # and the tuner read runs through here; the store writes them with the names above)
-
-RUN_FILES = ("results.json", "metrics.jsonl", "eval.jsonl")
-
-SAMPLES_FILE = "eval_samples.jsonl"   # one row per held-out problem x sample x evaluation (optional)
 
 PASS_REWARD = 1.0                     # a sample passes when its reward reaches this
 
@@ -421,11 +432,11 @@ def load_run(run_dir: str | os.PathLike) -> RunRecord:
     folder = dict(zip(("task", "method", "feedback"), parts[-4:-1])) if seed_match and len(parts) >= 4 else {}
 
     config: dict = {}
-    if (run_dir / "config.yaml").is_file():
-        config = _load_yaml(run_dir / "config.yaml", problems)
+    if (run_dir / CONFIG_FILE).is_file():
+        config = _load_yaml(run_dir / CONFIG_FILE, problems)
 
     results: dict | None = None
-    results_path = run_dir / "results.json"
+    results_path = run_dir / RESULTS_FILE
     if results_path.is_file():
         try:
             results = json.loads(results_path.read_text())
@@ -444,13 +455,13 @@ def load_run(run_dir: str | os.PathLike) -> RunRecord:
         seed = _as_int(config.get("seed")) if folder_seed is None else folder_seed
 
     train_metrics: list[dict] = []
-    if (run_dir / "metrics.jsonl").is_file():
-        rows = read_jsonl(run_dir / "metrics.jsonl", problems)
+    if (run_dir / METRICS_FILE).is_file():
+        rows = read_jsonl(run_dir / METRICS_FILE, problems)
         train_metrics = sorted((r for r in rows if _as_int(r.get("step")) is not None),
                                key=lambda r: _as_int(r["step"]))
 
     eval_entries: list = []
-    eval_source = run_dir / "eval.jsonl"
+    eval_source = run_dir / EVAL_FILE
     if eval_source.is_file():
         eval_entries = read_jsonl(eval_source, problems)
     if not eval_entries and results and isinstance(results.get("eval_history"), list):

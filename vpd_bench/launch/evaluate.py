@@ -13,13 +13,13 @@ from vpd_bench.rollout.engine import HFEngine
 from vpd_bench.errors import UserError
 from vpd_bench.evaluation.policy import evaluate_policy
 from vpd_bench.models.loading import load_model
-from vpd_bench.evaluation.results import atomic_write_text
+from vpd_bench.evaluation.results import CONFIG_FILE, SAMPLES_FILE, atomic_write_text
 from vpd_bench.training.store import RunStore, load_weights
 from vpd_bench.training.teacher_prompt import render_prompt
 
 
 def load_run(run_dir: Path, overrides=()):
-    cfg_path = run_dir / "config.yaml"
+    cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.exists():
         raise UserError(f"{run_dir} is not a run folder (no config.yaml)")
     cfg = OmegaConf.load(cfg_path)
@@ -78,7 +78,7 @@ def eval_main(args) -> int:
     print(json.dumps(report, indent=2))
     if args.export:
         export(Path(args.export), cfg, loaded, task, problems, chat, records)
-        atomic_write_text(Path(args.export) / "eval_samples.jsonl",
+        atomic_write_text(Path(args.export) / SAMPLES_FILE,
                           "".join(json.dumps(r) + "\n" for r in records))
     return 0
 

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from vpd_bench.config import CONF_DIR, compose, feedback_label, group_options
 from vpd_bench.errors import UserError
+from vpd_bench.evaluation.results import CHECKPOINT_DIR, METRICS_FILE, RESULTS_FILE
 
 log = logging.getLogger("vpd_bench")
 
@@ -94,7 +95,7 @@ def expand(methods, tasks, feedbacks, seeds, model=None, preset=None, engine=Non
 
 def run_status(run_dir: Path, steps: int | None = None) -> str:
     """new | partial | complete (complete: results.json says so and covers the requested steps)."""
-    res = run_dir / "results.json"
+    res = run_dir / RESULTS_FILE
     if res.exists():
         try:
             data = json.loads(res.read_text())
@@ -102,7 +103,7 @@ def run_status(run_dir: Path, steps: int | None = None) -> str:
                 return "complete"
         except (OSError, json.JSONDecodeError):
             pass
-    if (run_dir / "checkpoints" / "LATEST").exists() or (run_dir / "metrics.jsonl").exists():
+    if (run_dir / CHECKPOINT_DIR / "LATEST").exists() or (run_dir / METRICS_FILE).exists():
         return "partial"
     return "new"
 

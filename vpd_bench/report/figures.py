@@ -8,12 +8,13 @@ import math
 import re
 from collections import defaultdict
 from pathlib import Path
+
 import numpy as np
 
-from vpd_bench.report.leaderboard import HEADLINE_FEEDBACK, score_of
 from vpd_bench.evaluation.results import (
-    FEEDBACK_FREE, FEEDBACK_ORDER, METHOD_ORDER, RunRecord, TASK_ORDER, _as_float, _as_int, _order,
-    read_jsonl)
+    FEEDBACK_FREE, FEEDBACK_ORDER, METHOD_ORDER, TASK_ORDER, TEACHER_PROBE_FILE, RunRecord, _as_float, _as_int,
+    _order, read_jsonl)
+from vpd_bench.report.leaderboard import HEADLINE_FEEDBACK, score_of
 
 # Okabe & Ito (2008) colour-blind-safe palette, keyed by method name so that a method has the
 # same colour, line style and marker in every figure. VPD, the method under study, gets the
@@ -299,7 +300,7 @@ def _probe_runs(runs: list[RunRecord]) -> list[RunRecord]:
     import dataclasses
     out = []
     for r in runs:
-        path = r.run_dir / "teacher_probe.jsonl"
+        path = r.run_dir / TEACHER_PROBE_FILE
         rows = read_jsonl(path, r.warnings) if path.exists() else []
         if rows:
             out.append(dataclasses.replace(r, train_metrics=sorted(rows, key=lambda x: _as_int(x.get("step")) or 0)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vpd_bench.training.store import read_jsonl
+from vpd_bench.evaluation.results import EVAL_FILE, METRICS_FILE, RESULTS_FILE
 
 # a step is "flat" when every group had one reward; a run is flagged when most of its steps were
 FLAT_STEP = 0.999
@@ -14,7 +15,7 @@ FLAT_RUN_SHARE = 0.5
 
 def no_signal(run_dir: Path) -> dict | None:
     """{'flat_steps', 'steps', 'all_fail'} when most logged steps had no group with mixed rewards."""
-    rows = [r for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if r.get("no_signal_frac") is not None]
+    rows = [r for r in read_jsonl(Path(run_dir) / METRICS_FILE) if r.get("no_signal_frac") is not None]
     if not rows:
         return None
     flat = [r for r in rows if float(r["no_signal_frac"]) >= FLAT_STEP]
@@ -26,7 +27,7 @@ def no_signal(run_dir: Path) -> dict | None:
 
 def closing_summary(run_dirs: list[Path], out_root: str | Path, methods: list[str], failures: int = 0) -> str:
     from vpd_bench.report import summary_table
-    dirs = [Path(d) for d in run_dirs if (Path(d) / "results.json").exists() or (Path(d) / "eval.jsonl").exists()]
+    dirs = [Path(d) for d in run_dirs if (Path(d) / RESULTS_FILE).exists() or (Path(d) / EVAL_FILE).exists()]
     lines = ["", f"== vpd-bench: {len(run_dirs)} run(s)" + (f", {failures} failed" if failures else "") + " =="]
     if not dirs:
         lines.append("No run wrote results.")

@@ -33,6 +33,7 @@ from vpd_bench.rollout.scoring import micro_batches, pack, response_logits, toke
 from vpd_bench.training.store import RunStore, load_weights
 from vpd_bench.training.teacher_prompt import build_teacher_prompt, render_prompt
 from vpd_bench.training.teachers import FrozenTeacher, build_teacher
+from vpd_bench.evaluation.results import RESULTS_FILE
 
 log = logging.getLogger("vpd_bench")
 
@@ -609,7 +610,7 @@ def _length_profile(batch: RolloutBatch) -> dict:
 
 
 def previous_result(run_dir: Path):
-    p = Path(run_dir) / "results.json"
+    p = Path(run_dir) / RESULTS_FILE
     try:
         return read_results(p) if p.exists() else None
     except (ValueError, KeyError):

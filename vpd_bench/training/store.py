@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from vpd_bench.errors import UserError
+from vpd_bench.evaluation import results as R
 from vpd_bench.evaluation.results import atomic_write_text, storage_error
 
 log = logging.getLogger("vpd_bench")
@@ -123,19 +124,19 @@ class RunStore:
     def __init__(self, run_dir: str | os.PathLike):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.ckpt_dir = self.dir / "checkpoints"
-        self.metrics = JsonlLog(self.dir / "metrics.jsonl")
-        self.evals = JsonlLog(self.dir / "eval.jsonl")
-        self.samples = JsonlLog(self.dir / "samples.jsonl")
-        self.eval_samples = JsonlLog(self.dir / "eval_samples.jsonl")
-        self.teacher_probe = JsonlLog(self.dir / "teacher_probe.jsonl")
+        self.ckpt_dir = self.dir / R.CHECKPOINT_DIR
+        self.metrics = JsonlLog(self.dir / R.METRICS_FILE)
+        self.evals = JsonlLog(self.dir / R.EVAL_FILE)
+        self.samples = JsonlLog(self.dir / R.TRAIN_SAMPLES_FILE)
+        self.eval_samples = JsonlLog(self.dir / R.SAMPLES_FILE)
+        self.teacher_probe = JsonlLog(self.dir / R.TEACHER_PROBE_FILE)
 
     @property
     def results_path(self) -> Path:
-        return self.dir / "results.json"
+        return self.dir / R.RESULTS_FILE
 
     def write_config(self, yaml_text: str) -> None:
-        atomic_write_text(self.dir / "config.yaml", yaml_text)
+        atomic_write_text(self.dir / R.CONFIG_FILE, yaml_text)
 
     def flush(self) -> None:
         self.metrics.flush()
