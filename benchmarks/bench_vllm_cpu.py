@@ -86,9 +86,10 @@ def main() -> None:
     hf_engine.generate(prompts, G, 4, seed=0, ignore_eos=True)
     vllm_engine.generate(prompts, G, 4, seed=0)
 
-    # vLLM's fixed length: ignore_eos in its sampling params
+    # vLLM's fixed length: ignore_eos, and no EOS among its stop token ids
     orig = vllm_engine.sampling_params
     vllm_engine.sampling_params = lambda *a, **k: orig(*a, ignore_eos=True, **k)
+    vllm_engine.eos_ids = set()
 
     times = {"generate": [], "engine_hf": [], "engine_vllm": []}
     last = None
@@ -101,7 +102,7 @@ def main() -> None:
         times["engine_hf"].append(t.s)
         with C.Timer() as t:
             last = run_vllm(r + 1)
-        assert all(len(x) == N for x in last.response_ids)
+        assert all(len(x) == N for x in last.response_ids), [len(x) for x in last.response_ids]
         times["engine_vllm"].append(t.s)
         print(f"repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {n_tokens / v[-1]:.1f} tok/s" for k, v in times.items()),
               flush=True)
