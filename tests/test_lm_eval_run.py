@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
+from _toy import sharpen
 
 from vpd_bench.cli import main
 
@@ -26,12 +26,7 @@ def sharpened_tiny_model(folder: Path) -> Path:
     from vpd_bench.config import compose
     from vpd_bench.models import load_model
     loaded = load_model(compose(task="debug", model="tiny-random").model)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in loaded.model.named_parameters():
-            if name.endswith("proj.weight"):
-                p.normal_(0.0, p.shape[1] ** -0.5, generator=g)
-        loaded.model.model.norm.weight.mul_(15.0)
+    sharpen(loaded.model)
     loaded.model.save_pretrained(folder)
     loaded.tokenizer.save_pretrained(folder)
     return folder

@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from _toy import toy_batch
+from _toy import sharpen, toy_batch
 
 TEMPERATURE = 0.7
 IS_CLIP = 2.0
@@ -37,12 +37,8 @@ def trainer_for(make_trainer, method, overrides=()):
     # std ~0.2): student and teacher would agree to ~1e-6, where float32 noise hides every bug and
     # forward and reverse KL coincide. Re-draw its projections at unit gain and sharpen its output so
     # that the teacher prompt changes the distribution at first order (divergences ~0.2-1 nats).
-    g = torch.Generator().manual_seed(0)
+    sharpen(t.model, gain=SHARPEN)
     with torch.no_grad():
-        for name, p in t.model.named_parameters():
-            if name.endswith("proj.weight"):
-                p.normal_(0.0, p.shape[1] ** -0.5, generator=g)
-        t.model.model.norm.weight.mul_(SHARPEN)
         for copy in (getattr(t.teacher, "copy", None), getattr(t.method, "initial_prior", None)):
             if copy is not None:          # EMA / frozen / initial-prior copies start equal to the student
                 copy.load_state_dict(t.model.state_dict())
