@@ -1,7 +1,7 @@
 """Final-answer extraction and equivalence, shared by the math, sciqa and cold-start tasks.
 
 Also home of the small helpers every data-driven task needs: :func:`raw_prompt` (the
-raw-completion prompt of the cold-start setting), :func:`read_records` (JSON / JSONL files with
+raw-completion prompt of the cold-start setting), :func:`read_jsonl` (JSON / JSONL files with
 errors that name file and line) and :func:`load_hub_rows` (``datasets.load_dataset`` behind a
 clear message when the ``hub`` extra is missing).
 
@@ -21,6 +21,7 @@ Equivalence (``answers_equal``): equal after normalisation (``$``, spaces, ``\\l
 """
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import logging
@@ -29,7 +30,7 @@ import re
 import threading
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from omegaconf import OmegaConf
 
@@ -361,35 +362,45 @@ def clip(text: str, limit: int = 80) -> str:
 # data files and the hub
 # ------------------------------------------------------------------------------------------
 
-def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, record)`` from a JSONL file (or ``(index, record)`` from a JSON
-    list). A corrupt line raises :class:`UserError` naming the file and the line."""
-    path = Path(path).expanduser()
-    if not path.is_file():
+def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
+    """``(where, record)`` pairs from a ``.jsonl``, ``.jsonl.gz`` or ``.json`` (a list) file;
+    errors name the file and the line."""
+    path = Path(str(path)).expanduser()
+    if not path.exists():
         raise UserError(f"data file not found: {path}")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; expected a .jsonl / .jsonl.gz / .json file")
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                text = fh.read()
+        else:
+            text = path.read_text(encoding="utf-8")
+    except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read the file ({err}); it may be truncated or corrupt") from None
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise UserError(f"{path}: line {err.lineno}: not valid JSON ({err.msg})") from None
+            raise UserError(f"{path}: line {err.lineno}: not valid JSON ({err.msg}); "
+                            "the file may be truncated or corrupt") from None
         if not isinstance(data, list):
-            raise UserError(f"{path}: expected a JSON list of records")
-        for index, record in enumerate(data):
-            if not isinstance(record, dict):
-                raise UserError(f"{path}: record {index}: expected a JSON object")
-            yield index, record
-        return
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+            raise UserError(f"{path}: expected a JSON list of objects")
+        rows = [(f"{path}: record {index}", record) for index, record in enumerate(data)]
+    else:
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                rows.append((f"{path}: line {number}", json.loads(line)))
             except json.JSONDecodeError as err:
-                raise UserError(f"{path}: line {number}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{path}: line {number}: expected a JSON object")
-            yield number, record
+                raise UserError(f"{path}: line {number}: not valid JSON ({err.msg}); "
+                                "the file may be truncated or corrupt") from None
+    for where, record in rows:
+        if not isinstance(record, dict):
+            raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return rows
 
 
 def require(record: dict, key: str, where: str) -> Any:
@@ -419,9 +430,7 @@ def load_hub_rows(dataset_id: str, config: str | None, split: str) -> Iterable[t
 
 def load_file_rows(path: str | Path) -> Iterable[tuple[str, dict]]:
     """Rows of a local JSON/JSONL copy, named ``file: line n`` for errors."""
-    path = Path(path).expanduser()
-    label = "record" if path.suffix == ".json" else "line"
-    return ((f"{path}: {label} {n}", row) for n, row in read_records(path))
+    return read_jsonl(path)
 
 
 def package_data_file(package: str, relative: str, install_hint: str) -> Path:

@@ -40,6 +40,9 @@ class Task:
     """Base class of a task family. Subclasses register with ``@register_task("name")``."""
 
     name: str = "base"
+    # a user's own held-out problems (``task.eval_file``): a ``tasks.eval_file.HeldOutFile`` whose
+    # rows replace the held-out split, or None
+    eval_file = None
 
     def __init__(self, cfg):
         self.cfg = cfg

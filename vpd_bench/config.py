@@ -118,6 +118,15 @@ def compose(method: str = "grpo", task: str = "debug", feedback: str | None = No
         raise UserError(f"setting must be 'instruct' or 'cold_start', got {cfg.setting!r}")
     from vpd_bench.validation import check_config
     check_config(cfg, base, user)          # types and ranges, before anything is created
+    return whole_eval_file(cfg, user)
+
+
+def whole_eval_file(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
+    """A user's own held-out file (``task.eval_file``) is evaluated whole: ``eval.num_problems``
+    becomes 0 (all rows) unless ``overrides`` set it, so a preset's cap never silently drops rows."""
+    keys = {ov.split("=", 1)[0].lstrip("+~") for ov in overrides}
+    if cfg.task.get("eval_file") and "eval.num_problems" not in keys:
+        cfg.eval.num_problems = 0
     return cfg
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from vpd_bench.config import compose
+from vpd_bench.config import compose, whole_eval_file
 from vpd_bench.rollout.engine import HFEngine
 from vpd_bench.errors import UserError
 from vpd_bench.evaluation.policy import evaluate_policy
@@ -24,7 +24,7 @@ def load_run(run_dir: Path, overrides=()):
         raise UserError(f"{run_dir} is not a run folder (no config.yaml)")
     cfg = OmegaConf.load(cfg_path)
     if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        cfg = whole_eval_file(OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides))), overrides)
     loaded = load_model(cfg.model)
     store = RunStore(run_dir)
     ckpt = store.latest_checkpoint()
@@ -75,6 +75,8 @@ def eval_main(args) -> int:
                                   stop=list(cfg.rollout.stop), step=step or 0, records=records)
     report = {"task": cfg.task.name, "model": cfg.model.name, "run": args.run, "checkpoint_step": step,
               "metrics": metrics}
+    if task.eval_file:                           # a user's own held-out problems: path, sha256, rows
+        report["eval_file"] = task.eval_file.record()
     print(json.dumps(report, indent=2))
     if args.export:
         export(Path(args.export), cfg, loaded, task, problems, chat, records)
