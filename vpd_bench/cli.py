@@ -1,4 +1,4 @@
-"""The `vpd-bench` command: run, validate, ls, tune, eval, report, verify."""
+"""The `vpd-bench` command: run, validate, ls, tune, eval, probe, report, verify."""
 from __future__ import annotations
 
 import argparse
@@ -269,6 +269,36 @@ def cmd_eval(args) -> int:
     return eval_main(args)
 
 
+def cmd_probe(args) -> int:
+    from vpd_bench.training.feedback_probe import (DEFAULT_SOURCES, PROBE_FILE, SAMPLES_FILE, TABLE_FILE,
+                                                   compose_configs, parse_sources, probe, table)
+    bad = [o for o in args.overrides if o.startswith("--")]
+    if bad:
+        raise UserError(f"unknown option {bad[0]!r}: see `vpd-bench probe --help`")
+    if args.seed is not None and args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if args.problems < 1 or (args.samples is not None and args.samples < 1):
+        raise UserError(f"--problems and --samples must be at least 1, got {args.problems} and {args.samples}")
+    sources = parse_sources(_csv(args.sources) or list(DEFAULT_SOURCES))
+    task = args.task or "debug"
+    overrides = list(args.overrides) + ([f"train.group_size={args.samples}"] if args.samples else []) \
+        + ([f"seed={args.seed}"] if args.seed is not None else [])
+    base, cfgs = compose_configs(task, args.model, args.preset, args.engine, sources, overrides)
+    out = Path(args.out or os.path.join("runs", "probe", task))
+    check_writable(out)
+    import shlex
+    opts = [("--task", task), ("--model", args.model), ("--preset", args.preset), ("--engine", args.engine),
+            ("--problems", args.problems), ("--samples", base.train.group_size), ("--sources", ",".join(sources)),
+            ("--seed", base.seed), ("--out", out)]
+    command = shlex.join(["vpd-bench", "probe", *(str(x) for kv in opts if kv[1] is not None for x in kv),
+                          *args.overrides])
+    result = probe(base, cfgs, args.problems, out, command)
+    print(table(result))
+    for name in (PROBE_FILE, TABLE_FILE, SAMPLES_FILE):
+        print(f"{name}: {out / name}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from vpd_bench.report import write_report
     paths = write_report(args.runs_dir, args.out or os.path.join(args.runs_dir, "report"), metric=args.metric,
@@ -342,6 +372,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--task", default=None)
     e.add_argument("--export", default=None, help="export the checkpoint + an lm-eval task YAML to this folder")
     e.add_argument("overrides", nargs="*")
+    pr = sub.add_parser("probe", help="does the teacher read the feedback? teacher vs plain resamples per source",
+                        description="On the first --problems training problems, with the initial model: sample "
+                                    "--samples responses to each, then resample every failed response once with "
+                                    "each feedback source's teacher prompt and once with the plain student prompt. "
+                                    "Writes probe.json, probe.md (pass rates and the paired difference with 95% "
+                                    "intervals, bootstrap over problems) and probe_samples.jsonl to --out. "
+                                    "See docs/probe.md.")
+    pr.add_argument("--task", default=None, help="one task (default: debug)")
+    pr.add_argument("--model", default=None, help="model name from `vpd-bench ls`, a hub id or a local folder")
+    pr.add_argument("--preset", default=None, help="preset, e.g. cpu")
+    pr.add_argument("--engine", default=None, help="rollout engine: hf (default) or vllm")
+    pr.add_argument("--sources", "--feedback", default=None, metavar="S1,S2,...",
+                    help="comma-separated feedback sources (default: env,sibling,env+sibling,hint,self_critique)")
+    pr.add_argument("--problems", type=int, default=48, help="the first N training problems (default 48)")
+    pr.add_argument("--samples", type=int, default=None, help="responses per problem (default: train.group_size)")
+    pr.add_argument("--seed", type=int, default=None, help="seed of the sampling (default: the config's, 0)")
+    pr.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/probe/<task>)")
+    pr.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. rollout.max_new_tokens=96")
     r = sub.add_parser("report", help="leaderboard, plots and HTML page from a runs folder",
                        description="Write leaderboard.md, leaderboard.csv, report.html and figures/ for every run "
                                    "under RUNS_DIR: initial and final held-out scores, the paired change with a 95% "
@@ -377,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "eval": cmd_eval, "report": cmd_report,
-            "verify": cmd_verify, "tune": cmd_tune}
+            "verify": cmd_verify, "tune": cmd_tune, "probe": cmd_probe}
 
 
 def parse(argv):
@@ -386,7 +434,7 @@ def parse(argv):
     if unknown:
         # `--key=value` is accepted as a config override (checked against the config like any other)
         # (and key=value after other options, which argparse leaves over)
-        if args.command in ("run", "validate", "verify", "eval", "tune") and all("=" in u for u in unknown):
+        if args.command in ("run", "validate", "verify", "eval", "tune", "probe") and all("=" in u for u in unknown):
             args.overrides = list(args.overrides) + [u[2:] if u.startswith("--") else u for u in unknown]
         else:
             parser.error(f"unrecognized arguments: {' '.join(unknown)} (see `vpd-bench {args.command} --help`; "

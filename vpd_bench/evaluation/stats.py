@@ -8,6 +8,8 @@
 - ``t_quantile`` / ``t_interval``: Student's t quantile (no SciPy) and the t-interval of a mean,
   used for paired per-seed differences when only seed-level scores exist.
 - ``paired_bootstrap``: the interval of a paired difference over seeds x held-out problems.
+- ``cluster_bootstrap``: the interval of a pooled mean whose values come in correlated clusters
+  (the responses of one problem), resampling whole clusters.
 - ``min_detectable_effect``: the smallest difference of two success rates a test would detect.
 
 Missing values (``None`` and NaN) are dropped by the aggregation helpers, so a seed that never
@@ -210,6 +212,34 @@ def paired_bootstrap(diffs, confidence: float = 0.95, n_resamples: int = 4000,
     tail = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(means, [tail, 1.0 - tail])
     # Rounding in the resampled means must not put a constant shift outside its own interval.
+    return estimate, float(min(lo, estimate)), float(max(hi, estimate))
+
+
+def cluster_bootstrap(clusters: Iterable[Iterable[float | None]], confidence: float = 0.95,
+                      n_resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """(estimate, low, high) for the pooled mean of values that come in clusters, e.g. the pass /
+    fail (1 / 0) of several responses to one problem, or their paired differences.
+
+    The estimate weighs every value the same (total over count). The interval is a percentile
+    bootstrap that resamples whole clusters with replacement, so correlation within a cluster
+    widens it as it should. Missing values are dropped and empty clusters with them; with fewer than
+    two clusters the interval is (NaN, NaN), with no value all three are NaN. The same ``seed``
+    and the same number of clusters draw the same resamples, so intervals of paired quantities
+    over the same clusters are computed on the same draws."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    kept = [xs for xs in (_clean(c) for c in clusters) if xs]
+    if not kept:
+        return math.nan, math.nan, math.nan
+    sums = np.array([sum(xs) for xs in kept], dtype=np.float64)
+    counts = np.array([len(xs) for xs in kept], dtype=np.float64)
+    estimate = float(sums.sum() / counts.sum())
+    if len(kept) < 2:
+        return estimate, math.nan, math.nan
+    idx = np.random.default_rng(seed).integers(0, len(kept), size=(n_resamples, len(kept)))
+    means = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(means, [tail, 1.0 - tail])
     return estimate, float(min(lo, estimate)), float(max(hi, estimate))
 
 

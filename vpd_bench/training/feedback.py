@@ -126,16 +126,16 @@ class CombinedFeedback:
         self.cfg = fcfg
         self.sources = [lookup(SOURCES, s, "feedback source")(fcfg) for s in fcfg.sources]
         self.noise_p = float(fcfg.get("p", 0.0)) if fcfg.name == "noisy" else 0.0
+        self.errors: list[str] = []     # sources that failed on the last batch, and why
 
     def build(self, batch: RolloutBatch, ctx) -> list[Feedback]:
+        self.errors = []
         fbs = merge([self._safe_build(s, batch, ctx) for s in self.sources])
         if self.noise_p > 0:
             fbs = add_noise(fbs, batch.group_size, self.noise_p, random.Random(ctx.seed * 100_003 + batch.step))
         return fbs
 
-
-    @staticmethod
-    def _safe_build(source, batch, ctx) -> list[Feedback]:
+    def _safe_build(self, source, batch, ctx) -> list[Feedback]:
         """A source that fails (a data set without hints, a self-critique that errors) gives this batch
         no feedback from it, with a warning: those responses are masked (no teacher signal), the run
         goes on."""
@@ -144,6 +144,7 @@ class CombinedFeedback:
         except Exception as err:  # noqa: BLE001
             log.warning("feedback source %s failed at step %s (%s: %s): its feedback is left out of this batch",
                         type(source).__name__, batch.step, type(err).__name__, err)
+            self.errors.append(f"{source.name} failed ({type(err).__name__}: {err})")
             return [Feedback() for _ in range(batch.num_responses)]
 
 

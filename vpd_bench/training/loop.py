@@ -31,7 +31,7 @@ from vpd_bench.models.loading import LoadedModel, load_model
 from vpd_bench.evaluation.results import RunResult, git_info, read_results, versions, write_results
 from vpd_bench.rollout.scoring import micro_batches, pack, response_logits, token_log_probs
 from vpd_bench.training.store import RunStore, load_weights
-from vpd_bench.training.teacher_prompt import build_teacher_prompt, render_prompt
+from vpd_bench.training.teacher_prompt import TeacherPrompt, build_teacher_prompt, render_prompt
 from vpd_bench.training.teachers import FrozenTeacher, build_teacher
 from vpd_bench.evaluation.results import RESULTS_FILE
 
@@ -162,7 +162,11 @@ class Trainer:
         return self.dist.shard(out, allow_empty=False)   # this rank's slice
 
     def generate(self, step: int) -> RolloutBatch:
-        problems = self.sample_problems(step)
+        return self.rollout(self.sample_problems(step), step)
+
+    def rollout(self, problems: list, step: int) -> RolloutBatch:
+        """G = train.group_size responses to each problem, sampled with the rollout settings and the
+        step's seed."""
         texts = [self.task.render_prompt(p) for p in problems]
         prompt_texts = [render_prompt(self.tokenizer, t, self.chat) for t in texts]
         prompt_ids = [self.tokenizer.encode(t, add_special_tokens=False) for t in prompt_texts]
@@ -199,15 +203,19 @@ class Trainer:
             batch.teacher_prompt_texts = [None] * n
             batch.teacher_truncated = [False] * n
             return
-        tp = self.cfg.teacher_prompt
         batch.feedback = fbs
-        prompts = [build_teacher_prompt(self.task.render_prompt(batch.problem_of(i)), fbs[i], tp, self.tokenizer,
-                                        self.chat, int(tp.max_length), tp.truncation) for i in range(n)]
+        prompts = self.teacher_prompts(batch, fbs)
         batch.teacher_prompt_texts = [p.text for p in prompts]
         batch.teacher_prompt_ids = [p.ids for p in prompts]
         batch.teacher_truncated = [p.truncated for p in prompts]
         batch.teacher_mask = torch.tensor([p.ids is not None and len(batch.response_ids[i]) > 0
                                            for i, p in enumerate(prompts)], dtype=torch.bool)
+
+    def teacher_prompts(self, batch: RolloutBatch, fbs: list) -> list[TeacherPrompt]:
+        """The teacher prompt of each response from its feedback (``ids`` None: no teacher signal)."""
+        tp = self.cfg.teacher_prompt
+        return [build_teacher_prompt(self.task.render_prompt(batch.problem_of(i)), fbs[i], tp, self.tokenizer,
+                                     self.chat, int(tp.max_length), tp.truncation) for i in range(batch.num_responses)]
 
     # -- stage 4+5: score, loss, update the student ----------------------------------------------
     def _micro_batch(self, batch: RolloutBatch, idx: list[int], old_logp=None) -> MicroBatch:
