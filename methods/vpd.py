@@ -52,6 +52,9 @@ class VPD(SDPO):
             self.initial_prior = copy.deepcopy(trainer.model).eval().requires_grad_(False)
         elif self.mcfg.prior != "student":
             raise ValueError(f"method.prior must be 'student' or 'initial', got {self.mcfg.prior!r}")
+        self.estep_samples = str(self.mcfg.get("estep_samples", "all"))
+        if self.estep_samples not in ("all", "successes"):
+            raise UserError(f"method.estep_samples must be 'all' or 'successes', got {self.estep_samples!r}")
         self.fused = bool(self.mcfg.get("estep_fused", False))
         self.keep_graph = str(self.mcfg.get("estep_fused_graph", "recompute")) == "keep"
         if self.fused:
@@ -70,6 +73,8 @@ class VPD(SDPO):
             why.append("method.prior=student")
         if m.teacher not in ("trained", "live"):
             why.append("method.teacher=trained")
+        if self.estep_samples != "all":
+            why.append("method.estep_samples=all")
         if self.trainer.dist.enabled:
             why.append("one process")
         if why:
@@ -221,10 +226,11 @@ class VPD(SDPO):
     def _remember(self, batch):
         """E-step buffer: responses that have a teacher prompt (feedback), with their outcome."""
         success = batch.success(self.cfg.train.success_threshold)
+        only_successes = self.estep_samples == "successes"
         items = [{"prompt": batch.prompt_ids_of(i), "response": batch.response_ids[i],
                   "teacher_prompt": batch.teacher_prompt_ids[i], "success": bool(success[i])}
                  for i in range(batch.num_responses)
-                 if bool(batch.teacher_mask[i]) and batch.response_ids[i]]
+                 if bool(batch.teacher_mask[i]) and batch.response_ids[i] and (bool(success[i]) or not only_successes)]
         window = int(self.mcfg.estep_every) if self.mcfg.estep_buffer == "window" else 1
         self.buffer = (self.buffer + [items])[-window:]
 

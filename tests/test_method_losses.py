@@ -259,12 +259,13 @@ def test_grpo_clipped_loss_with_old_log_probs(make_trainer):
 
 # -- VPD's E-step ----------------------------------------------------------------------------------------
 
-def reference_estep(t, batch, beta, delta_before, momentum=0.9):
+def reference_estep(t, batch, beta, delta_before, momentum=0.9, successes_only=False):
     """(loss, delta): rho_i = beta (log q(y|x,C) - sg log pi(y|x)), summed over tokens; delta updated
-    with the batch mean of rho *before* the loss; BCO with per-class means."""
+    with the batch mean of rho *before* the loss; BCO with per-class means. successes_only: the
+    buffer holds the passing responses alone."""
     rhos, success = [], []
     for i in range(batch.num_responses):
-        if not bool(batch.teacher_mask[i]):
+        if not bool(batch.teacher_mask[i]) or (successes_only and float(batch.rewards[i]) < 1.0):
             continue
         y = batch.response_ids[i]
         ys = torch.tensor(y)[:, None]
@@ -319,6 +320,38 @@ def test_estep_loss_and_gradient_match_the_definition(make_trainer, monkeypatch,
     assert out["delta"] == pytest.approx(ref_delta, rel=1e-4, abs=1e-6)
     assert out["estep_loss"] == pytest.approx(float(ref_loss), rel=1e-4, abs=1e-6)
     assert_close_gradients(got, want)
+
+
+def test_estep_on_successes_only_drops_the_failure_term(make_trainer, monkeypatch):
+    """method.estep_samples=successes: the buffer holds passing responses only; the loss, delta and
+    gradient equal the definition restricted to them, and differ from the full E-step's."""
+    beta = 0.5
+    full = trainer_for(make_trainer, "vpd", ["method.estep_every=1", f"method.beta={beta}"])
+    t = trainer_for(make_trainer, "vpd", ["method.estep_every=1", f"method.beta={beta}",
+                                          "method.estep_samples=successes"])
+    batch = toy_batch(t, rewards=(1.0, 0.0, 1.0, 0.0))
+    t.build_teacher_context(batch)
+    t.method._remember(batch)
+    assert [it["success"] for its in t.method.buffer for it in its] == [True, True]
+    ref_loss, ref_delta = reference_estep(t, batch, beta, None, successes_only=True)
+    all_loss, all_delta = reference_estep(full, batch, beta, None)
+    params = params_of(t.model)
+    want = flat_gradient(torch.autograd.grad(ref_loss, params, allow_unused=True), params)
+    out, got = run_estep_capturing_gradient(t, monkeypatch)
+    assert out["estep_size"] == 2 and out["estep_success_frac"] == 1.0
+    assert out["delta"] == pytest.approx(ref_delta, rel=1e-4, abs=1e-6)
+    assert out["estep_loss"] == pytest.approx(float(ref_loss), rel=1e-4, abs=1e-6)
+    assert abs(float(all_loss) - float(ref_loss)) > 1e-3 and abs(all_delta - ref_delta) > 1e-4
+    assert_close_gradients(got, want)
+
+
+def test_estep_samples_is_checked(make_trainer):
+    from vpd_bench.errors import UserError
+    with pytest.raises(UserError, match="estep_samples"):
+        trainer_for(make_trainer, "vpd", ["method.estep_samples=failures"])
+    with pytest.raises(UserError, match="estep_samples=all"):
+        trainer_for(make_trainer, "vpd", ["method.estep_samples=successes", "method.estep_fused=true",
+                                          "method.estep_buffer=current"])
 
 
 def test_estep_prior_initial_scores_the_frozen_copy(make_trainer, monkeypatch):
