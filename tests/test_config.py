@@ -31,7 +31,8 @@ def test_every_sweep_expands():
     for name in group_options("sweep"):
         sw = load_sweep(name)
         specs = expand(sw.get("methods", ["grpo"])[:1], sw.get("tasks", ["debug"])[:1], sw.get("feedback"),
-                       [0], "tiny-random", sw.get("preset"), None, sw.get("overrides", []), "runs", sw.get("grid"))
+                       [0], "tiny-random", sw.get("preset"), None, sw.get("overrides", []), "runs", sw.get("grid"),
+                       sw.get("variants"))
         assert specs, name
 
 
@@ -147,3 +148,48 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_completes(tmp_path):
     assert json.loads((run / "results.json").read_text())["status"] == "partial"
     assert main([*args, "--steps", str(done + 2), "--resume"]) == 0
     assert json.loads((run / "results.json").read_text())["steps_completed"] == done + 2
+
+
+def test_sweep_variants_run_each_named_override_set_once_per_method_it_names():
+    from vpd_bench.launch.sweep import expand
+    variants = [{"name": "teacher=live", "methods": ["sdpo"], "overrides": ["method.teacher=live"]},
+                {"name": "teacher=ema", "methods": ["sdpo", "vpd"], "overrides": ["method.teacher=ema"]},
+                {"name": "beta=1", "methods": ["vpd"], "overrides": ["method.beta=1.0"]},
+                {"name": "plain", "overrides": []}]
+    specs = expand(["sdpo", "vpd"], ["debug"], ["env"], [0, 1], "tiny-random", None, None, ["train.steps=2"],
+                   "runs", None, variants)
+    got = [(s.seed, s.method, s.grid_label) for s in specs]
+    assert got == [(seed, m, v) for seed in (0, 1) for m, v in
+                   [("sdpo", "teacher=live"), ("sdpo", "teacher=ema"), ("sdpo", "plain"),
+                    ("vpd", "teacher=ema"), ("vpd", "beta=1"), ("vpd", "plain")]]
+    by = {(s.seed, s.method, s.grid_label): s for s in specs}
+    assert by[(0, "vpd", "beta=1")].compose().method.beta == 1.0
+    assert by[(0, "sdpo", "teacher=ema")].compose().method.teacher == "ema"
+    assert by[(0, "sdpo", "teacher=live")].overrides == ["train.steps=2", "method.teacher=live"]
+    dirs = {str(s.run_dir()) for s in specs}
+    assert len(dirs) == len(specs) and "runs/debug/vpd[beta=1]/env/seed1" in dirs
+
+
+@pytest.mark.parametrize("variants,grid,match", [
+    ([{"name": "a", "overrides": []}], {"train.lr": [1e-5]}, "either a 'grid' or 'variants'"),
+    ([{"name": "a", "methods": ["sdp0"], "overrides": []}], None, "unknown method.*sdp0.*Did you mean 'sdpo'"),
+    ([{"name": "a", "overrides": ["method.beta=1"]}, {"name": "a", "overrides": ["method.beta=2"]}], None,
+     "two sweep variants named 'a'"),
+    ([{"name": "a", "override": []}], None, "unknown field.*override"),
+    ([{"overrides": []}], None, "needs a 'name'"),
+    ([{"name": "a/b", "overrides": []}], None, "slash"),
+    ([{"name": "a", "overrides": "method.beta=1"}], None, "list of strings"),
+])
+def test_bad_sweep_variants_are_clear_errors(variants, grid, match):
+    from vpd_bench.launch.sweep import expand
+    with pytest.raises(UserError, match=match):
+        expand(["vpd"], ["debug"], ["env"], [0], "tiny-random", None, None, [], "runs", grid, variants)
+
+
+def test_a_misspelt_sweep_key_is_named(tmp_path, monkeypatch):
+    import vpd_bench.launch.sweep as sweep_mod
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "mine.yaml").write_text("methods: [grpo]\nvariant:\n  - {name: a, overrides: []}\n")
+    monkeypatch.setattr(sweep_mod, "CONF_DIR", tmp_path)
+    with pytest.raises(UserError, match=r"unknown sweep key\(s\) variant.*Did you mean 'variants'"):
+        sweep_mod.load_sweep("mine")

@@ -78,11 +78,12 @@ def _specs(args):
         if untuned:
             log.warning("%s has no tuned values for %s: they run at their defaults", args.tuned, ", ".join(untuned))
         per_method = [expand([m], tasks, feedbacks, seeds, model, preset, args.engine, apply_tuned(tuned, m, overrides),
-                             out, sweep.get("grid")) for m in methods]
+                             out, sweep.get("grid"), sweep.get("variants")) for m in methods]
         order = {s: i for i, s in enumerate(seeds)}   # seed-major, as expand orders a sweep
         specs = sorted((s for group in per_method for s in group), key=lambda s: order[s.seed])
     else:
-        specs = expand(methods, tasks, feedbacks, seeds, model, preset, args.engine, overrides, out, sweep.get("grid"))
+        specs = expand(methods, tasks, feedbacks, seeds, model, preset, args.engine, overrides, out, sweep.get("grid"),
+                       sweep.get("variants"))
     if args.grid_label:
         for s in specs:
             s.grid_label = args.grid_label

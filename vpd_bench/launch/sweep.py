@@ -1,4 +1,4 @@
-"""Runs and sweeps: expand methods x tasks x feedback x seeds (x a sweep's grid) into run specs,
+"""Runs and sweeps: expand methods x tasks x feedback x seeds (x a sweep's grid or variants) into run specs,
 skip completed runs, resume partial ones, and run them in-process, as parallel local jobs, or on Ray.
 """
 from __future__ import annotations
@@ -64,31 +64,84 @@ class RunSpec:
         return args + list(self.overrides)
 
 
+SWEEP_KEYS = {"methods", "tasks", "feedback", "seeds", "model", "preset", "out", "overrides", "grid", "variants"}
+
+
 def load_sweep(name: str) -> dict:
     path = CONF_DIR / "sweep" / f"{name}.yaml"
     if not path.exists():
         from vpd_bench.registry import suggest
         raise UserError(f"unknown sweep '{name}'.{suggest(name, group_options('sweep'))} "
                         f"Known sweeps: {', '.join(group_options('sweep'))}")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    sweep = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    unknown = sorted(set(sweep) - SWEEP_KEYS)
+    if unknown:
+        from vpd_bench.registry import suggest
+        hints = "".join(suggest(k, sorted(SWEEP_KEYS)) for k in unknown)
+        raise UserError(f"{path}: unknown sweep key(s) {', '.join(unknown)}.{hints} "
+                        f"A sweep has: {', '.join(sorted(SWEEP_KEYS))}")
+    check_variants(sweep.get("variants"))
+    return sweep
+
+
+def check_variants(variants) -> list[dict]:
+    """A sweep's ``variants``: one-factor-at-a-time ablations, each ``{name, overrides, methods?}``
+    (``methods``: the sweep's methods it applies to; absent = all). Checked before anything runs."""
+    if variants is None:
+        return []
+    if not isinstance(variants, list) or not variants:
+        raise UserError("sweep 'variants' must be a non-empty list of {name, overrides, methods} entries")
+    for i, v in enumerate(variants):
+        where = f"sweep variant {i}"
+        if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not v["name"]:
+            raise UserError(f"{where}: needs a 'name' (the run folder label, e.g. teacher=live)")
+        unknown = set(v) - {"name", "overrides", "methods"}
+        if unknown:
+            raise UserError(f"{where} ({v['name']}): unknown field(s) {', '.join(sorted(unknown))}; "
+                            "a variant has name, overrides and (optionally) methods")
+        if any(c in v["name"] for c in "/\\"):
+            raise UserError(f"{where}: the name '{v['name']}' may not hold a slash (it names a folder)")
+        for key in ("overrides", "methods"):
+            if key in v and not (isinstance(v[key], list) and all(isinstance(x, str) for x in v[key])):
+                raise UserError(f"{where} ({v['name']}): '{key}' must be a list of strings")
+    return variants
 
 
 def expand(methods, tasks, feedbacks, seeds, model=None, preset=None, engine=None, overrides=(), out="runs",
-           grid: dict | None = None) -> list[RunSpec]:
+           grid: dict | None = None, variants: list[dict] | None = None) -> list[RunSpec]:
+    """Run specs, seed-major. ``grid``: the product of its values; ``variants``: a list of named
+    override sets, each run once per method it applies to (the two do not combine)."""
     grid = grid or {}
     keys = sorted(grid)
-    combos = list(itertools.product(*(grid[k] for k in keys))) if keys else [()]
-    specs, seen = [], set()
+    if grid and variants:
+        raise UserError("a sweep has either a 'grid' or 'variants', not both")
+    if variants:
+        combos = [(v["name"], list(v.get("overrides", [])), v.get("methods")) for v in check_variants(variants)]
+    else:
+        combos = [(",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, combo)),
+                   [f"{k}={v}" for k, v in zip(keys, combo)], None)
+                  for combo in (itertools.product(*(grid[k] for k in keys)) if keys else [()])]
+    known = set(group_options("method"))
+    for label, _, only in combos:
+        unknown = sorted(set(only or []) - known)
+        if unknown:
+            from vpd_bench.registry import suggest
+            raise UserError(f"sweep variant '{label}': unknown method(s) {', '.join(unknown)}."
+                            f"{suggest(unknown[0], known)} Known: {', '.join(sorted(known))}")
+    specs, seen = [], {}
     # seed-major order: a sweep stopped half-way still holds every method at the seeds it reached
-    for seed, task, method, fb, combo in itertools.product(seeds, tasks, methods, feedbacks or [None], combos):
-        extra = [f"{k}={v}" for k, v in zip(keys, combo)]
-        label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, combo))
+    for seed, task, method, fb, (label, extra, only) in itertools.product(seeds, tasks, methods, feedbacks or [None],
+                                                                         combos):
+        if only is not None and method not in only:
+            continue
         spec = RunSpec(method, task, fb, int(seed), model, preset, engine, list(overrides) + extra, label, out)
         cfg = spec.compose()                   # validates every name and key up front
         key = spec.run_dir(cfg)
+        if key in seen and seen[key] != (label, tuple(extra)):
+            raise UserError(f"two sweep variants named '{label}' apply to {method}: give each its own name")
         if key in seen:                        # e.g. grpo under two feedback sources: one run
             continue
-        seen.add(key)
+        seen[key] = (label, tuple(extra))
         specs.append(spec)
     return specs
 
