@@ -12,7 +12,13 @@ effect of the context alone (feedback, a passing sibling). If the gap at EOS on 
 more negative than the body gap, distilling the teacher teaches the student to keep going: the
 length drift the tuning runs show. Forward passes only; seconds on a CPU for a few hundred samples.
 
-    python scripts/stop_gap.py RUN_DIR [RUN_DIR ...] [--weights initial|DIR] [--max-steps N] [--json OUT]
+    python scripts/stop_gap.py RUN_DIR [RUN_DIR ...] [--weights initial|DIR] [--max-steps N]
+        [--context logged,feedback,demonstration,instruction] [--json OUT]
+
+``--context`` asks which part of the teacher prompt does it: ``logged`` is the teacher prompt as
+trained; the others rebuild it from the logged feedback with only the verifier's message
+(``feedback``), only the passing sibling (``demonstration``), or neither (``instruction``: the
+problem and the teacher template's closing instruction alone).
 
 ``--weights initial`` (default) loads the run's configured model; a folder loads a Hugging Face
 checkpoint (``checkpoints/step_N`` of a run) instead.
@@ -30,6 +36,32 @@ from omegaconf import OmegaConf
 from vpd_bench.errors import UserError
 from vpd_bench.evaluation.results import TRAIN_SAMPLES_FILE
 from vpd_bench.models.loading import load_hf, load_model
+from vpd_bench.rollout.batch import Feedback
+from vpd_bench.training.teacher_prompt import context_block
+
+CONTEXTS = ("logged", "feedback", "demonstration", "instruction")
+
+
+def teacher_prompt_variant(row: dict, templates, context: str) -> str | None:
+    """The logged teacher prompt with its context block cut down to one part (None: the row has
+    no such part). Rebuilt by replacing the block the logged prompt holds, so nothing else moves."""
+    if context == "logged":
+        return row["teacher_prompt"]
+    demo, text = row.get("teacher_demonstration"), row.get("teacher_feedback")
+    block = context_block(Feedback(demonstration=demo, text=text), templates)
+    if not block or block not in row["teacher_prompt"]:
+        return None                   # truncated or not rebuilt the same way: leave the row out
+    if context == "feedback":
+        if not text:
+            return None
+        new = context_block(Feedback(text=text), templates)
+    elif context == "demonstration":
+        if not demo:
+            return None
+        new = context_block(Feedback(demonstration=demo), templates)
+    else:
+        return row["teacher_prompt"].replace(block + "\n", "", 1)
+    return row["teacher_prompt"].replace(block, new, 1)
 
 
 def _read_samples(run: Path, max_steps: int | None) -> list[dict]:
@@ -60,14 +92,17 @@ def _response_logp(model, tok, prompt: str, response: str, eos: bool, temperatur
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(r)[:, None])[:, 0]
 
 
-def stop_gaps(model, tok, rows: list[dict], temperature: float) -> dict:
+def stop_gaps(model, tok, rows: list[dict], temperature: float, templates=None, context: str = "logged") -> dict:
     """Per group: mean student / teacher log-prob of the final EOS and of the other tokens."""
     groups: dict[str, dict[str, list[float]]] = {}
     for row in rows:
+        teacher_prompt = teacher_prompt_variant(row, templates, context)
+        if teacher_prompt is None:
+            continue
         ended = row.get("finish_reason") == "eos"
         key = f"{'pass' if row['status'] == 'pass' or row['reward'] >= 1.0 else 'fail'}/{'eos' if ended else 'cut'}"
         s = _response_logp(model, tok, row["prompt"], row["response"], ended, temperature)
-        t = _response_logp(model, tok, row["teacher_prompt"], row["response"], ended, temperature)
+        t = _response_logp(model, tok, teacher_prompt, row["response"], ended, temperature)
         g = groups.setdefault(key, {"eos_s": [], "eos_t": [], "body_gap": [], "len": []})
         body = slice(0, len(s) - 1) if ended else slice(0, len(s))
         if len(s[body]):
@@ -105,8 +140,13 @@ def main(argv=None) -> int:
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--weights", default="initial", help="initial (the run's model) or a checkpoint folder")
     ap.add_argument("--max-steps", type=int, default=None, help="only samples of steps <= N")
+    ap.add_argument("--context", default="logged", help=f"comma-separated: {', '.join(CONTEXTS)}")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    contexts = [c for c in args.context.split(",") if c]
+    bad = [c for c in contexts if c not in CONTEXTS]
+    if bad:
+        raise UserError(f"--context {bad[0]}: choose from {', '.join(CONTEXTS)}")
     torch.manual_seed(0)
     results, loaded = {}, None
     for run in args.runs:
@@ -115,24 +155,30 @@ def main(argv=None) -> int:
             loaded = load_model(cfg.model) if args.weights == "initial" else load_hf(args.weights)
             loaded.model.eval()
         rows = _read_samples(run, args.max_steps)
-        res = stop_gaps(loaded.model, loaded.tokenizer, rows, float(cfg.rollout.temperature))
-        results[str(run)] = res
-        print(f"{run}  ({len(rows)} samples, weights: {args.weights})")
-        print(f"  {'group':10s} {'n':>4s} {'len':>5s} {'eos logp S':>11s} {'eos logp T':>11s} "
-              f"{'eos gap T-S [95% CI]':>24s} {'body gap T-S':>13s} {'eos-body':>9s}")
-        for key, r in res.items():
-            if "eos_gap" in r:
-                e = r["eos_gap"]
-                print(f"  {key:10s} {r['n']:4d} {r['mean_len']:5.1f} {r['eos_logp_student']['mean']:11.3f} "
-                      f"{r['eos_logp_teacher']['mean']:11.3f} {e['mean']:8.3f} [{e['ci95'][0]:.3f}, {e['ci95'][1]:.3f}] "
-                      f"{r['body_gap']['mean']:13.3f} {r['eos_gap_minus_body_gap']['mean']:9.3f}")
-            else:
-                print(f"  {key:10s} {r['n']:4d} {r['mean_len']:5.1f} {'-':>11s} {'-':>11s} {'-':>24s} "
-                      f"{r['body_gap']['mean']:13.3f}")
+        for context in contexts:
+            res = stop_gaps(loaded.model, loaded.tokenizer, rows, float(cfg.rollout.temperature),
+                            cfg.teacher_prompt, context)
+            results.setdefault(str(run), {})[context] = res
+            _print_table(run, rows, args.weights, context, res)
     if args.json:
         args.json.write_text(json.dumps({"weights": args.weights, "max_steps": args.max_steps, "runs": results},
                                         indent=1) + "\n")
     return 0
+
+
+def _print_table(run, rows, weights, context, res) -> None:
+    print(f"{run}  ({len(rows)} samples, weights: {weights}, teacher context: {context})")
+    print(f"  {'group':10s} {'n':>4s} {'len':>5s} {'eos logp S':>11s} {'eos logp T':>11s} "
+          f"{'eos gap T-S [95% CI]':>24s} {'body gap T-S':>13s} {'eos-body':>9s}")
+    for key, r in res.items():
+        if "eos_gap" in r:
+            e = r["eos_gap"]
+            print(f"  {key:10s} {r['n']:4d} {r['mean_len']:5.1f} {r['eos_logp_student']['mean']:11.3f} "
+                  f"{r['eos_logp_teacher']['mean']:11.3f} {e['mean']:8.3f} [{e['ci95'][0]:.3f}, {e['ci95'][1]:.3f}] "
+                  f"{r['body_gap']['mean']:13.3f} {r['eos_gap_minus_body_gap']['mean']:9.3f}")
+        else:
+            print(f"  {key:10s} {r['n']:4d} {r['mean_len']:5.1f} {'-':>11s} {'-':>11s} {'-':>24s} "
+                  f"{r['body_gap']['mean']:13.3f}")
 
 
 if __name__ == "__main__":
