@@ -79,9 +79,11 @@ def divergence(ps, pt, alpha):
     return (1 - alpha) * (ps * (ps.log() - m.log())).sum(-1) + alpha * (pt * (pt.log() - m.log())).sum(-1)
 
 
-def reference_distillation_loss(t, batch, alpha, support, k=20):
+def reference_distillation_loss(t, batch, alpha, support, k=20, drop=()):
     """sum over rows with a teacher, tokens: min(exp(log p_S(y_t) - log p_rollout(y_t)), clip) * D_t,
-    divided by the number of those tokens; teacher scored without a graph."""
+    divided by the number of those tokens; teacher scored without a graph. ``drop``: token ids
+    removed from both distributions (renormalised over the rest) before D_t; the weights still
+    use the sampled token's full-vocabulary log-probs."""
     teacher_model = getattr(t.teacher, "copy", None) or t.model
     total, n_tokens = 0.0, 0
     for i in range(batch.num_responses):
@@ -99,6 +101,9 @@ def reference_distillation_loss(t, batch, alpha, support, k=20):
         if support == "sampled":
             per_token = -(t_tok - s_tok).detach() * s_tok
         else:
+            if drop:
+                keep = torch.tensor([v for v in range(s.shape[-1]) if v not in set(drop)])
+                s, tt = s.index_select(-1, keep), tt.index_select(-1, keep)
             ps, pt = support_probs(s, tt, support, min(k, s.shape[-1]))
             per_token = divergence(ps, pt, alpha)
         total = total + (w * per_token).sum()
@@ -161,6 +166,60 @@ def test_distillation_loss_matches_the_definition(make_trainer, method, extra, a
     assert bool(batch.teacher_mask.any())
     ref = reference_distillation_loss(t, batch, alpha, support, k=5)
     assert_same_value_and_gradient(t, loss, ref)
+
+
+@pytest.mark.parametrize("method,extra,alpha,support", [
+    ("sdpo", ["method.teacher=live"], 0.5, "full"),
+    ("sdpo", [], 0.0, "topk"),
+    ("vpd", [], 1.0, "topk"),
+])
+def test_distill_stop_false_removes_the_stop_token_from_the_divergence(make_trainer, method, extra, alpha, support):
+    """method.distill_stop=false: the divergence is taken over the distributions renormalised without
+    the stop token(s), at every position; with it on, the loss differs (so the toy batch can tell)."""
+    from vpd_bench.method import stop_token_ids
+    t = trainer_for(make_trainer, method, extra + [f"method.alpha={alpha}", f"method.support={support}",
+                                                   "method.topk=5", "method.distill_stop=false"])
+    batch = toy_batch(t, rollout_shift=rollout_shift)
+    assert stop_token_ids(t.method) == sorted(t.engine.eos_ids) and t.engine.eos_ids
+    # the tiny model gives EOS almost no mass: add the two tokens it finds likeliest on the toy
+    # responses to the stop set, so that removing it changes the divergence far beyond the tolerance
+    _, mb = method_loss(t, batch)
+    likeliest = torch.softmax(mb.student_logits().detach().double(), -1).mean(dim=(0, 1)).topk(2).indices
+    t.engine.eos_ids = set(t.engine.eos_ids) | set(likeliest.tolist())
+    stop = stop_token_ids(t.method)
+    loss, _ = method_loss(t, batch)
+    ref = reference_distillation_loss(t, batch, alpha, support, k=5, drop=stop)
+    assert_same_value_and_gradient(t, loss, ref)
+    with_stop = reference_distillation_loss(t, batch, alpha, support, k=5)
+    assert abs(float(with_stop.detach()) - float(ref.detach())) > 1e-2 * abs(float(ref.detach()))   # >> the 1e-3 tolerance
+
+
+def test_distill_stop_false_ignores_the_teachers_stop_logit(make_trainer):
+    """A teacher that only wants to stop less (its stop logit lowered) changes SDPO's loss, and
+    changes nothing with distill_stop=false."""
+    from vpd_bench.method import stop_token_ids
+
+    def loss_with_teacher_shift(distill_stop, shift):
+        t = trainer_for(make_trainer, "sdpo", ["method.teacher=live", "method.support=full",
+                                               f"method.distill_stop={distill_stop}"])
+        batch = toy_batch(t, rollout_shift=rollout_shift)
+        t.build_teacher_context(batch)
+        t.method.prepare(batch)
+        mb = t._micro_batch(batch, list(range(batch.num_responses)))
+        stop = torch.tensor(stop_token_ids(t.method))
+        plain = mb.teacher_logits_fn
+        mb.teacher_logits_fn = lambda: plain().index_add(-1, stop, torch.full(plain().shape[:-1] + (len(stop),), shift))
+        return float(t.method.loss(mb).detach())
+
+    assert loss_with_teacher_shift("true", -3.0) != pytest.approx(loss_with_teacher_shift("true", 0.0), rel=1e-4)
+    assert loss_with_teacher_shift("false", -3.0) == pytest.approx(loss_with_teacher_shift("false", 0.0), rel=1e-6)
+
+
+def test_distill_stop_false_refuses_the_sampled_support(make_trainer):
+    t = trainer_for(make_trainer, "sdpo", ["method.teacher=live", "method.alpha=1.0", "method.support=sampled",
+                                           "method.distill_stop=false"])
+    with pytest.raises(ValueError, match="distill_stop"):
+        method_loss(t, toy_batch(t, rollout_shift=rollout_shift))
 
 
 def test_sampled_support_matches_the_reinforce_surrogate(make_trainer):

@@ -92,6 +92,16 @@ class _LogSumExpOutside(torch.autograd.Function):
         return grad_result * shares, None
 
 
+def without_tokens(logits: torch.Tensor, token_ids: list[int], fill: float = -1e4) -> torch.Tensor:
+    """Logits with ``token_ids`` pushed out of the distribution (a finite -1e4, so 0 * log 0 stays 0
+    in every divergence): the softmax renormalises over the other tokens, and no gradient reaches
+    the removed logits. A copy; the input is unchanged."""
+    if not token_ids:
+        return logits
+    idx = torch.tensor(token_ids, device=logits.device, dtype=torch.long)
+    return logits.index_fill(-1, idx, fill)
+
+
 def topk_with_tail(
     student_logits: Tensor, teacher_logits: Tensor, k: int, temperature: float = 1.0
 ) -> tuple[Tensor, Tensor]:

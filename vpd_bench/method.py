@@ -196,11 +196,19 @@ def distillation_loss(method: Method, mb: MicroBatch, norm: Normalizers) -> torc
     t_tok = token_log_probs(t_logits, ids)
     weights = L.importance_weights(s_tok, mb.rollout_logp[rows], m.is_clip)
     if m.support == "sampled":
+        if not bool(m.get("distill_stop", True)):
+            raise ValueError("method.distill_stop=false needs support=full or topk (the sampled support "
+                             "scores the sampled token only)")
         if m.alpha != 1.0:
             raise ValueError("support=sampled estimates the reverse KL only: set method.alpha=1.0")
         per_token = L.sampled_reverse_kl_surrogate(s_tok, t_tok)
         divergence = (s_tok - t_tok).detach()
     else:
+        if not bool(m.get("distill_stop", True)):
+            # the stop decision is not distilled: stop tokens leave the support at every position, so
+            # a teacher whose context alone makes it reluctant to stop cannot teach the student to go on
+            stop = stop_token_ids(method)
+            s_logits, t_logits = L.without_tokens(s_logits, stop), L.without_tokens(t_logits, stop)
         if m.support == "topk":
             s_lp, t_lp = L.topk_with_tail(s_logits, t_logits, m.topk)
         elif m.support == "full":
@@ -216,6 +224,15 @@ def distillation_loss(method: Method, mb: MicroBatch, norm: Normalizers) -> torc
     mb.stats.setdefault("gain", []).append((gain, mb.success[rows]))
     _record_stop_log_probs(mb, rows, mask, s_tok, t_tok)
     return loss
+
+
+def stop_token_ids(method: Method) -> list[int]:
+    """The token ids that end a response: the engine's EOS set (tokenizer + generation config)."""
+    ids = getattr(getattr(method.trainer, "engine", None), "eos_ids", None)
+    if not ids:
+        eos = method.trainer.tokenizer.eos_token_id
+        ids = [eos] if isinstance(eos, int) else list(eos or [])
+    return sorted(int(i) for i in ids)
 
 
 def _record_stop_log_probs(mb: MicroBatch, rows, mask, s_tok, t_tok) -> None:
