@@ -92,16 +92,21 @@ def _response_logp(model, tok, prompt: str, response: str, eos: bool, temperatur
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(r)[:, None])[:, 0]
 
 
-def stop_gaps(model, tok, rows: list[dict], temperature: float, templates=None, context: str = "logged") -> dict:
-    """Per group: mean student / teacher log-prob of the final EOS and of the other tokens."""
+def stop_gaps(model, tok, rows: list[dict], temperature: float, templates=None, context: str = "logged",
+              student_cache: dict | None = None) -> dict:
+    """Per group: mean student / teacher log-prob of the final EOS and of the other tokens.
+    ``student_cache`` (row index -> student log-probs) lets several contexts share one student pass."""
     groups: dict[str, dict[str, list[float]]] = {}
-    for row in rows:
+    student_cache = {} if student_cache is None else student_cache
+    for n, row in enumerate(rows):
         teacher_prompt = teacher_prompt_variant(row, templates, context)
         if teacher_prompt is None:
             continue
         ended = row.get("finish_reason") == "eos"
         key = f"{'pass' if row['status'] == 'pass' or row['reward'] >= 1.0 else 'fail'}/{'eos' if ended else 'cut'}"
-        s = _response_logp(model, tok, row["prompt"], row["response"], ended, temperature)
+        if n not in student_cache:
+            student_cache[n] = _response_logp(model, tok, row["prompt"], row["response"], ended, temperature)
+        s = student_cache[n]
         t = _response_logp(model, tok, teacher_prompt, row["response"], ended, temperature)
         g = groups.setdefault(key, {"eos_s": [], "eos_t": [], "body_gap": [], "len": []})
         body = slice(0, len(s) - 1) if ended else slice(0, len(s))
@@ -155,9 +160,10 @@ def main(argv=None) -> int:
             loaded = load_model(cfg.model) if args.weights == "initial" else load_hf(args.weights)
             loaded.model.eval()
         rows = _read_samples(run, args.max_steps)
+        student: dict = {}                      # the student pass does not depend on the context
         for context in contexts:
             res = stop_gaps(loaded.model, loaded.tokenizer, rows, float(cfg.rollout.temperature),
-                            cfg.teacher_prompt, context)
+                            cfg.teacher_prompt, context, student)
             results.setdefault(str(run), {})[context] = res
             _print_table(run, rows, args.weights, context, res)
     if args.json:
