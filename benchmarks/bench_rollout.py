@@ -11,6 +11,12 @@ uniform per row instead of torch.multinomial's V exponentials), and optionally a
 the weights to decode from (``engine.dtype=bfloat16``), re-synced after each update. The bf16
 copy changes the rollout log-probs: their drift against float32 scoring is measured here.
 
+A fourth side, ``forward_floor``, is the bare float32 decode: the same prompt prefill (shared by
+the G samples) and N single-token forward passes of the model with its KV cache, with no
+attention mask, no sampling and no bookkeeping. No float32 decoding loop can be faster than the
+forward passes it must run, so ``rollout_forward_floor_fp32_vs_generate`` is the ceiling of
+``rollout_engine_fp32_vs_generate`` on this machine.
+
     python benchmarks/bench_rollout.py [--quick] [--threads N] [--repeats R]
 
 Target: engine tokens/s >= 1.5 x generate's.
@@ -53,6 +59,25 @@ def plain_generate_fn(model, tok, prompts: list[list[int]], G: int, N: int):
     return plain_generate
 
 
+def forward_floor_fn(model, tok, prompts: list[list[int]], G: int, N: int):
+    """``() -> None``: the forward passes a float32 decode of N tokens cannot avoid: one prefill of
+    the B left-padded prompts, the cache repeated for the G samples, then N - 1 single-token steps
+    (the first token comes from the prefill's logits). No mask, no sampling, no bookkeeping."""
+    import torch
+    width = max(len(x) for x in prompts)
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in prompts])
+
+    def floor():
+        with torch.no_grad():
+            out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(G)
+            step = torch.zeros((len(prompts) * G, 1), dtype=torch.long)
+            for _ in range(N - 1):
+                cache = model(input_ids=step, past_key_values=cache, use_cache=True, logits_to_keep=1).past_key_values
+    return floor
+
+
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--B", type=int, default=2)
@@ -80,12 +105,14 @@ def main() -> None:
     plain_generate = plain_generate_fn(model, tok, prompts, G, N)
 
     engines = {"engine_fp32": HFEngine(model, tok), "engine_bf16": HFEngine(model, tok, dtype="bfloat16")}
+    floor = forward_floor_fn(model, tok, prompts, G, N)
     # warm-up (first-touch allocations, the bf16 copy): not timed
     plain_generate(0)
+    floor()
     for e in engines.values():
         e.generate(prompts, G, 4, seed=0, ignore_eos=True)
 
-    times = {"generate": [], "engine_fp32": [], "engine_bf16": []}
+    times = {"generate": [], "engine_fp32": [], "engine_bf16": [], "forward_floor": []}
     gens = {}
     for r in range(repeats):
         with C.Timer() as t:
@@ -96,6 +123,9 @@ def main() -> None:
                 gens[name] = e.generate(prompts, G, N, seed=r + 1, ignore_eos=True)
             assert all(len(x) == N for x in gens[name].response_ids)
             times[name].append(t.s)
+        with C.Timer() as t:
+            floor()
+        times["forward_floor"].append(t.s)
         print(f"repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {n_tokens / v[-1]:.1f} tok/s" for k, v in times.items()),
               flush=True)
     tps = {k: n_tokens / C.median(v) for k, v in times.items()}
@@ -112,9 +142,11 @@ def main() -> None:
     drift_bf16, drift_fp32 = drift(gens["engine_bf16"]), drift(gens["engine_fp32"])
 
     ratio_fp32, ratio_bf16 = tps["engine_fp32"] / tps["generate"], tps["engine_bf16"] / tps["generate"]
+    ratio_floor = tps["forward_floor"] / tps["generate"]
     C.save("rollout", {"settings": {"B": B, "G": G, "tokens": N, "repeats": repeats, "quick": args.quick},
                        "machine": C.machine(), "seconds": times, "tokens_per_s": tps,
                        "ratio_engine_fp32": ratio_fp32, "ratio_engine_bf16": ratio_bf16,
+                       "ratio_forward_floor_fp32": ratio_floor,
                        "drift_bf16": drift_bf16, "drift_fp32": drift_fp32})
     print(f"settings: B={B} G={G} new tokens={N} (fixed length), {repeats} interleaved repeats, "
           f"{torch.get_num_threads()} thread(s)")
@@ -124,6 +156,9 @@ def main() -> None:
           f"importance weight |exp(d)-1| {drift_bf16['is_weight_mean_abs_dev']:.4f}; "
           f"per sequence |sum d| {drift_bf16['seq_logp_mean_abs']:.3f}  "
           f"(float32 engine: mean |d| {drift_fp32['mean_abs']:.1e})")
+    print(f"the float32 engine runs at {tps['engine_fp32'] / tps['forward_floor']:.2f}x the bare forward passes' "
+          f"tokens/s (1.00 = no overhead left to remove)")
+    print(C.result_line("rollout_forward_floor_fp32_vs_generate", ratio_floor, "reported"))
     print(C.result_line("rollout_engine_fp32_vs_generate", ratio_fp32, ">= 1.5"))
     print(C.result_line("rollout_engine_bf16_vs_generate", ratio_bf16, ">= 1.5"))
 

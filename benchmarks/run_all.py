@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["rollout", "grpo_vs_trl", "vpd_cost", "scoring", "scaling"]
+ORDER = ["rollout", "grpo_vs_trl", "vpd_cost", "scoring", "scaling", "sweep_throughput"]
 LINE = re.compile(r"^(?P<name>[A-Za-z0-9_]+): (?P<value>[-+0-9.eE]+|nan) \(target (?P<target>[^)]*)\)\s*$")
 
 
