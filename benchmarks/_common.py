@@ -154,4 +154,21 @@ def machine() -> dict:
 
     import torch
     return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
+            "cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()], **cpu_features()}
+
+
+def cpu_features() -> dict:
+    """The CPU model and the vector extensions that decide float32 vs bfloat16 speed: without
+    ``avx512_bf16`` / ``amx_bf16`` a bf16 matmul is emulated and slower than float32."""
+    model, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+    return {"cpu_model": model, "cpu_flags": [f for f in wanted if f in flags]}

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import _common as C  # noqa: E402
 ORDER = ["rollout", "grpo_vs_trl", "vpd_cost", "scoring", "scaling", "sweep_throughput"]
 LINE = re.compile(r"^(?P<name>[A-Za-z0-9_]+): (?P<value>[-+0-9.eE]+|nan) \(target (?P<target>[^)]*)\)\s*$")
 
@@ -63,11 +65,13 @@ def main() -> None:
                             "met": met(v, r["target"]), "seconds": secs})
         print(f"=== {script.name}: {secs:.0f} s\n", flush=True)
     total = time.perf_counter() - t_all
+    cpu = C.cpu_features()
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "summary.json").write_text(json.dumps(
-        {"quick": args.quick, "seconds": total, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "results": summary},
-        indent=2) + "\n")
-    print(f"summary ({total / 60:.1f} min{', quick' if args.quick else ''}):")
+        {"quick": args.quick, "seconds": total, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **cpu,
+         "results": summary}, indent=2) + "\n")
+    print(f"summary ({total / 60:.1f} min{', quick' if args.quick else ''}; {cpu['cpu_model'] or 'CPU'}, "
+          f"{', '.join(cpu['cpu_flags']) or 'no AVX flags read'}):")
     for s in summary:
         if s["value"] is None:
             print(f"  {s['name']}: FAILED ({s['error']})")

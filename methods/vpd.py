@@ -55,7 +55,15 @@ class VPD(SDPO):
         self.estep_samples = str(self.mcfg.get("estep_samples", "all"))
         if self.estep_samples not in ("all", "successes"):
             raise UserError(f"method.estep_samples must be 'all' or 'successes', got {self.estep_samples!r}")
+        self.delta_timing = str(self.mcfg.get("delta_timing", "before_loss"))
+        if self.delta_timing not in ("before_loss", "after_loss"):
+            raise UserError(f"method.delta_timing must be 'before_loss' (the method: delta moves with this E-step's "
+                            f"batch before its loss) or 'after_loss' (delta moves after it: no forward-only pass), "
+                            f"got {self.delta_timing!r}")
         self.fused = bool(self.mcfg.get("estep_fused", False))
+        if self.fused and self.delta_timing != "before_loss":
+            raise UserError("method.delta_timing=after_loss has nothing to save with method.estep_fused=true (the fused "
+                            "E-step takes delta from the M-step's forward passes); leave delta_timing=before_loss")
         self.keep_graph = str(self.mcfg.get("estep_fused_graph", "recompute")) == "keep"
         if self.fused:
             self._check_fusable()
@@ -261,36 +269,51 @@ class VPD(SDPO):
                                            [items[i]["response"] for i in mb], norm) for mb in mbs]
         # BCO's delta: the running mean of the implicit reward, updated with this E-step's batch
         # *before* the loss. One micro-batch: its graph-carrying forward gives the mean (no extra
-        # pass); several: a forward-only pass over the buffer first.
-        graph = None
-        if len(mbs) == 1:
-            graph = self._teacher_log_probs(items, mbs[0], norm)
-            rhos = [L.implicit_reward(graph.detach(), priors[0], beta)]
-        else:
-            with torch.no_grad():
-                rhos = [L.implicit_reward(self._teacher_log_probs(items, mb, norm), prior, beta)
-                        for mb, prior in zip(mbs, priors)]
-        rho_sum, rho_n = self._global_sum([sum(float(r.double().sum()) for r in rhos),
-                                           float(sum(len(mb) for mb in mbs))])
-        rho_mean = rho_sum / max(rho_n, 1.0)
-        self.delta = L.update_running_delta(self.delta, rho_mean, float(self.mcfg.delta_momentum))
+        # pass); several: a forward-only pass over the buffer first. delta_timing=after_loss (a
+        # choice, docs/method.md): the loss uses the running mean as the previous E-steps left it,
+        # and this batch's mean, read off the first epoch's graph-carrying forwards, moves it
+        # afterwards; the first E-step (no running mean yet) stays exact.
+        lagged = self.delta_timing == "after_loss" and self.delta is not None
+        graph, rho_mean = None, None
+        if not lagged:
+            if len(mbs) == 1:
+                graph = self._teacher_log_probs(items, mbs[0], norm)
+                rhos = [L.implicit_reward(graph.detach(), priors[0], beta)]
+            else:
+                with torch.no_grad():
+                    rhos = [L.implicit_reward(self._teacher_log_probs(items, mb, norm), prior, beta)
+                            for mb, prior in zip(mbs, priors)]
+            rho_mean = self._batch_mean(rhos, mbs)
+            self.delta = L.update_running_delta(self.delta, rho_mean, float(self.mcfg.delta_momentum))
         total = 0.0
         epochs = int(self.mcfg.estep_epochs)
+        first_rhos = []
         with t.learning_rate(self.mcfg.estep_lr):
-            for _ in range(epochs):
+            for epoch in range(epochs):
                 t.optimizer.zero_grad(set_to_none=True)
                 for mb, prior in zip(mbs, priors):
                     teacher = graph if graph is not None else self._teacher_log_probs(items, mb, norm)
                     graph = None                 # a second epoch scores the updated weights again
                     rho = L.implicit_reward(teacher, prior, beta)
+                    if epoch == 0:
+                        first_rhos.append(rho.detach())
                     success = torch.tensor([items[i]["success"] for i in mb])
                     loss = self._bco_share(rho, success, self.delta, n_success, n_failure)
                     loss.backward()
                     total += float(loss.detach())
                 t.optimizer_step()
+        if lagged:
+            rho_mean = self._batch_mean(first_rhos, mbs)
+            self.delta = L.update_running_delta(self.delta, rho_mean, float(self.mcfg.delta_momentum))
         return {"estep_loss": total / epochs, "delta": self.delta, "estep_rho_mean": rho_mean,
                 "estep_size": len(items), "estep_success_frac": n_success / len(items),
                 **self._probe_stats(probe_before, self._probe())}
+
+    def _batch_mean(self, rhos, mbs) -> float:
+        """Mean implicit reward over the whole E-step batch (all processes)."""
+        rho_sum, rho_n = self._global_sum([sum(float(r.double().sum()) for r in rhos),
+                                           float(sum(len(mb) for mb in mbs))])
+        return rho_sum / max(rho_n, 1.0)
 
     # Two hooks that multi-process training replaces (vpd_bench/training/distributed.py): which E-step
     # micro-batches this process runs, and summing a statistic over processes.

@@ -318,10 +318,11 @@ def test_grpo_clipped_loss_with_old_log_probs(make_trainer):
 
 # -- VPD's E-step ----------------------------------------------------------------------------------------
 
-def reference_estep(t, batch, beta, delta_before, momentum=0.9, successes_only=False):
+def reference_estep(t, batch, beta, delta_before, momentum=0.9, successes_only=False, lagged=False):
     """(loss, delta): rho_i = beta (log q(y|x,C) - sg log pi(y|x)), summed over tokens; delta updated
     with the batch mean of rho *before* the loss; BCO with per-class means. successes_only: the
-    buffer holds the passing responses alone."""
+    buffer holds the passing responses alone. lagged (method.delta_timing=after_loss): the loss
+    uses ``delta_before`` and the returned delta is the one updated after it."""
     rhos, success = [], []
     for i in range(batch.num_responses):
         if not bool(batch.teacher_mask[i]) or (successes_only and float(batch.rewards[i]) < 1.0):
@@ -335,13 +336,14 @@ def reference_estep(t, batch, beta, delta_before, momentum=0.9, successes_only=F
         success.append(float(batch.rewards[i]) >= 1.0)
     mean_rho = sum(float(r.detach()) for r in rhos) / len(rhos)
     delta = mean_rho if delta_before is None else momentum * delta_before + (1 - momentum) * mean_rho
+    shift = delta_before if lagged and delta_before is not None else delta
     pos = [r for r, s in zip(rhos, success) if s]
     neg = [r for r, s in zip(rhos, success) if not s]
     loss = 0.0
     if pos:
-        loss = loss - sum(torch.nn.functional.logsigmoid(r - delta) for r in pos) / len(pos)
+        loss = loss - sum(torch.nn.functional.logsigmoid(r - shift) for r in pos) / len(pos)
     if neg:
-        loss = loss - sum(torch.nn.functional.logsigmoid(-(r - delta)) for r in neg) / len(neg)
+        loss = loss - sum(torch.nn.functional.logsigmoid(-(r - shift)) for r in neg) / len(neg)
     return loss, delta
 
 
@@ -379,6 +381,57 @@ def test_estep_loss_and_gradient_match_the_definition(make_trainer, monkeypatch,
     assert out["delta"] == pytest.approx(ref_delta, rel=1e-4, abs=1e-6)
     assert out["estep_loss"] == pytest.approx(float(ref_loss), rel=1e-4, abs=1e-6)
     assert_close_gradients(got, want)
+
+
+@pytest.mark.parametrize("micro_batch", [1, 4])
+def test_lagged_delta_uses_the_previous_running_mean_and_moves_it_after(make_trainer, monkeypatch, micro_batch):
+    """method.delta_timing=after_loss: the loss (and its gradient) is BCO's with the delta the
+    previous E-steps left; the E-step then moves delta with this batch's mean exactly as the
+    method does. Against the exact variant: the same new delta, a different loss."""
+    beta, before = 0.5, 0.7
+    t = trainer_for(make_trainer, "vpd", ["method.estep_every=1", f"method.beta={beta}",
+                                          f"train.micro_batch_size={micro_batch}", "method.delta_timing=after_loss"])
+    batch = toy_batch(t, rewards=(0.0, 1.0, 1.0, 0.0))
+    t.build_teacher_context(batch)
+    t.method._remember(batch)
+    t.method.delta = before
+    ref_loss, ref_delta = reference_estep(t, batch, beta, before, lagged=True)
+    exact_loss, exact_delta = reference_estep(t, batch, beta, before)
+    params = params_of(t.model)
+    want = flat_gradient(torch.autograd.grad(ref_loss, params, allow_unused=True), params)
+    out, got = run_estep_capturing_gradient(t, monkeypatch)
+    assert out["delta"] == pytest.approx(ref_delta, rel=1e-4, abs=1e-6) and ref_delta == pytest.approx(exact_delta)
+    assert out["estep_loss"] == pytest.approx(float(ref_loss), rel=1e-4, abs=1e-6)
+    assert abs(float(ref_loss) - float(exact_loss)) > 1e-4
+    assert_close_gradients(got, want)
+
+
+@pytest.mark.parametrize("timing,delta_before,passes", [
+    ("before_loss", 0.7, 8),     # a forward-only pass over the 4 one-row micro-batches, then 4 with a graph
+    ("after_loss", 0.7, 4),      # the graph-carrying passes alone
+    ("after_loss", None, 8),     # the first E-step has no running mean yet: the exact variant
+])
+def test_lagged_delta_saves_the_forward_only_pass(make_trainer, monkeypatch, timing, delta_before, passes):
+    t = trainer_for(make_trainer, "vpd", ["method.estep_every=1", "train.micro_batch_size=1",
+                                          f"method.delta_timing={timing}", "method.estep_probe=0"])
+    batch = toy_batch(t, rewards=(0.0, 1.0, 1.0, 0.0))
+    t.build_teacher_context(batch)
+    t.method._remember(batch)
+    t.method.delta = delta_before
+    calls = []
+    real = t.method._teacher_log_probs
+    monkeypatch.setattr(t.method, "_teacher_log_probs", lambda *a: calls.append(1) or real(*a))
+    run_estep_capturing_gradient(t, monkeypatch)
+    assert len(calls) == passes
+
+
+def test_delta_timing_is_checked(make_trainer):
+    from vpd_bench.errors import UserError
+    with pytest.raises(UserError, match="delta_timing"):
+        trainer_for(make_trainer, "vpd", ["method.delta_timing=later"])
+    with pytest.raises(UserError, match="delta_timing"):
+        trainer_for(make_trainer, "vpd", ["method.delta_timing=after_loss", "method.estep_fused=true",
+                                          "method.estep_buffer=current"])
 
 
 def test_estep_on_successes_only_drops_the_failure_term(make_trainer, monkeypatch):
