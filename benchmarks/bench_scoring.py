@@ -143,7 +143,18 @@ def count_passes() -> dict:
 
 
 # -- 2: shared-prompt scoring on the real model -----------------------------------------------------
-def shared_prompt_timing(args, repeats: int) -> dict:
+TEACHER_HEAD = ("Compute 27 + 15 - 8. Give the final answer in \\boxed{}.\n"
+                "Here is a correct solution to this problem:\n27 + 15 = 42, and 42 - 8 = 34. "
+                "The final answer is \\boxed{34}.\nFeedback on your earlier attempt:\n")
+TEACHER_FEEDBACK = ["Your final answer 33 is incorrect.", "Your final answer 50 is incorrect.",
+                    "No final answer was found in \\boxed{}.", "Your final answer 3 is incorrect."]
+
+
+def shared_prompt_timing(args, repeats: int, teacher: bool = False) -> dict:
+    """Forward + backward of G rows' response log-probs, each row scored in full vs shared.
+    ``teacher=False``: the G rows share one student prompt (identical prompts). ``teacher=True``:
+    a group's teacher prompts, which begin alike (problem + demonstration) and end in each row's
+    own feedback (the shared-prefix path)."""
     import torch
 
     from vpd_bench.config import compose
@@ -153,11 +164,17 @@ def shared_prompt_timing(args, repeats: int) -> dict:
     loaded = load_model(compose("grpo", "debug", model=args.model).model)
     model, tok = loaded.model.train(), loaded.tokenizer
     G, R = 4, (32 if args.quick else 64)
-    prompt = tok.encode(render_prompt(tok, "Write a short word that contains the letter 'e'.", True),
-                        add_special_tokens=False)
+    if teacher:
+        instruction = "\nUsing the above, solve the original problem again. Answer directly."
+        prompts = [tok.encode(render_prompt(tok, TEACHER_HEAD + f + instruction, True), add_special_tokens=False)
+                   for f in TEACHER_FEEDBACK[:G]]
+    else:
+        prompts = [tok.encode(render_prompt(tok, "Write a short word that contains the letter 'e'.", True),
+                              add_special_tokens=False)] * G
+    prompt = prompts[0]
     g = torch.Generator().manual_seed(0)
     responses = [torch.randint(100, 40000, (R,), generator=g).tolist() for _ in range(G)]
-    packed = pack([prompt] * G, responses, tok.pad_token_id)
+    packed = pack(prompts, responses, tok.pad_token_id)
 
     def step(share):
         model.zero_grad(set_to_none=True)
@@ -172,7 +189,7 @@ def shared_prompt_timing(args, repeats: int) -> dict:
         s1, lp1 = step(True)
         times["per_row"].append(s0)
         times["shared"].append(s1)
-    return {"G": G, "prompt_tokens": len(prompt), "response_tokens": R, "seconds": times,
+    return {"G": G, "prompt_tokens": len(prompt), "response_tokens": R, "seconds": times, "teacher": teacher,
             "speedup": C.median(times["per_row"]) / C.median(times["shared"]),
             "max_abs_logp_diff": float((lp0 - lp1).abs().max())}
 
@@ -208,6 +225,14 @@ def main() -> None:
           f"{C.median(shared['seconds']['per_row']):.2f} s, shared {C.median(shared['seconds']['shared']):.2f} s "
           f"({shared['speedup']:.2f}x; max |d log p| {shared['max_abs_logp_diff']:.1e})")
 
+    prefix = shared_prompt_timing(args, repeats, teacher=True)
+    print(f"shared-prefix scoring (a group's teacher prompts: problem + demonstration, then each row's own "
+          f"feedback), real model, G={prefix['G']} rows x (~{prefix['prompt_tokens']} prompt + "
+          f"{prefix['response_tokens']} response) tokens, forward+backward: per-row "
+          f"{C.median(prefix['seconds']['per_row']):.2f} s, shared prefix "
+          f"{C.median(prefix['seconds']['shared']):.2f} s ({prefix['speedup']:.2f}x; max |d log p| "
+          f"{prefix['max_abs_logp_diff']:.1e})")
+
     mem = {}
     for r in range(repeats):
         for variant in ("ours_topk_tail", "naive_topk_tail", "full_vocab"):
@@ -222,9 +247,11 @@ def main() -> None:
         print(f"  {v:16s} {peak[v]:7.0f} MiB ({peak[v] / one:.1f} logits-sized tensors), {secs[v]:.2f} s")
     ratio = peak["ours_topk_tail"] / peak["naive_topk_tail"]
     C.save("scoring", {"settings": {"n": args.n, "R": R, "V": V, "k": args.k, "quick": args.quick},
-                       "machine": C.machine(), "passes": passes, "shared_prompt": shared, "memory": mem,
+                       "machine": C.machine(), "passes": passes, "shared_prompt": shared, "shared_prefix": prefix,
+                       "memory": mem,
                        "peak_above_inputs_mb": peak, "seconds": secs, "ratio_vs_naive_topk": ratio,
                        "ratio_vs_full_vocab": peak["ours_topk_tail"] / peak["full_vocab"]})
+    print(C.result_line("scoring_teacher_prefix_sharing_speedup", prefix["speedup"], "> 1"))
     print(C.result_line("scoring_peak_memory_vs_naive_topk", ratio, "< 1"))
     print(C.result_line("scoring_peak_memory_vs_naive_full_vocab", peak["ours_topk_tail"] / peak["full_vocab"],
                         "<= 0.5"))

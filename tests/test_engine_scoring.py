@@ -90,3 +90,56 @@ def test_sampling_filter_top_k_and_top_p():
     # nucleus 0.7: keep the smallest prefix whose mass reaches 0.7 -> tokens 0 and 1
     assert torch.isinf(sampling_filter(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
     assert torch.isinf(sampling_filter(logits, top_p=0.9)).tolist() == [[False, False, False, True]]
+
+
+def teacher_like_prompts(tok):
+    """A group's teacher prompts: one long common beginning (problem + demonstration), then each
+    row's own feedback of a different length; plus one unrelated prompt."""
+    head = "Problem: add 12 and 30. Here is a correct solution: 12 + 30 = 42. Feedback on your attempt: "
+    tails = ["your answer 41 is wrong.", "no.", "the answer 40 is incorrect; check the carry."]
+    texts = [head + t for t in tails] + ["Something else entirely."]
+    return [tok.encode(tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                               add_generation_prompt=True), add_special_tokens=False) for t in texts]
+
+
+def test_shared_prefix_scoring_equals_unshared_with_gradients(tiny, monkeypatch):
+    """Rows with different prompts that begin alike run the common prefix once: the response
+    log-probs and their gradients equal scoring every row in full, and the prefix path is taken."""
+    import vpd_bench.rollout.scoring as S
+    tok, model = tiny.tokenizer, tiny.model
+    ps = teacher_like_prompts(tok)
+    rs = [[5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15]]
+    packed = pack(ps, rs, tok.pad_token_id)
+    found = S._shared_prefixes(packed)
+    assert found is not None
+    _, group_of, lengths = found
+    assert group_of[0] == group_of[1] == group_of[2] != group_of[3] and lengths[group_of[0]] > 40
+    assert lengths[group_of[3]] == 0
+    calls = []
+    real = S._shared_prefix_logits
+    monkeypatch.setattr(S, "_shared_prefix_logits", lambda *a: calls.append(1) or real(*a))
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    try:
+        got_lp, want_lp, grads = [], [], []
+        for share in (True, False):
+            model.zero_grad(set_to_none=True)
+            lp = token_log_probs(response_logits(model, packed, share_prompts=share), packed.response_ids)
+            (lp * packed.response_mask).sum().backward()
+            grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                                    for p in params]).clone())
+            (got_lp if share else want_lp).append(lp.detach() * packed.response_mask)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+    assert calls == [1]
+    assert torch.allclose(got_lp[0], want_lp[0], atol=1e-4)
+    assert torch.allclose(grads[0], grads[1], atol=1e-4, rtol=1e-3)
+
+
+def test_short_common_prefixes_are_not_shared(tiny):
+    tok = tiny.tokenizer
+    ps = [tok.encode(t) for t in ["ab one", "ab two", "ab three"]]
+    packed = pack(ps, [[5], [6], [7]], tok.pad_token_id)
+    from vpd_bench.rollout.scoring import _shared_prefixes
+    assert _shared_prefixes(packed) is None

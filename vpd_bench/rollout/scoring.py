@@ -4,7 +4,8 @@ Sequences are laid out as [left pad | prompt | response | right pad] so every ro
 starts at the same column; the LM head runs only on the response positions
 (``logits_to_keep``), which matters for long teacher prompts. Rows that share a prompt (the G
 samples of a group) run that prompt once: its KV cache, gradients included, is expanded to the
-rows, and only the responses run per row.
+rows, and only the responses run per row. Rows whose prompts differ but begin alike (the teacher
+prompts of a group) run their common prefix once in the same way.
 """
 from __future__ import annotations
 
@@ -79,6 +80,95 @@ def _shared_prompts(packed: Packed):
     return rep, inverse
 
 
+MIN_SHARED_PREFIX = 16     # tokens: a shorter common prefix is not worth a second forward call
+
+
+def _shared_prefixes(packed: Packed, min_prefix: int = MIN_SHARED_PREFIX):
+    """(prompts, row -> prefix group, prefix length per group) when rows with *different* prompts
+    share a long common prefix (the teacher prompts of a group: the same system prompt, problem
+    and demonstration, then each row's own feedback), else None. A group's prefix is the longest
+    prefix common to all its rows, capped one token short of its shortest prompt so that every
+    row keeps at least one prompt token of its own (whose logits predict the first response
+    token). Used only when it saves at least a tenth of the prompt tokens."""
+    n, P = packed.input_ids.shape[0], packed.prompt_width
+    if n < 2 or P <= min_prefix:
+        return None
+    ids, attn = packed.input_ids[:, :P].tolist(), packed.attention_mask[:, :P].tolist()
+    prompts = [[t for t, a in zip(row, mask) if a] for row, mask in zip(ids, attn)]
+    clusters: dict[tuple, list[int]] = {}
+    singles = []
+    for i, p in enumerate(prompts):
+        if len(p) > min_prefix:
+            clusters.setdefault(tuple(p[:min_prefix]), []).append(i)
+        else:
+            singles.append(i)
+    groups = [rows for rows in clusters.values()] + [[i] for i in singles]
+    group_of, lengths, saved = [0] * n, [], 0
+    for g, rows in enumerate(groups):
+        first = prompts[rows[0]]
+        L = min(len(prompts[i]) for i in rows) - 1
+        for i in rows[1:]:
+            other = prompts[i]
+            k = 0
+            while k < L and first[k] == other[k]:
+                k += 1
+            L = k
+        if len(rows) == 1 or L < min_prefix:
+            L = 0
+        lengths.append(L)
+        saved += (len(rows) - 1) * L
+        for i in rows:
+            group_of[i] = g
+    if saved * 10 < sum(len(p) for p in prompts):
+        return None
+    return prompts, group_of, lengths
+
+
+def _shared_prefix_logits(model, packed: Packed, prompts, group_of, lengths, cache_kw: str):
+    """Response logits with each group's common prefix run once: the prefix pass (with grad, when
+    grad is on) gives a KV cache that is expanded to the group's rows; then each row runs the rest
+    of its prompt (left-padded to a common width, so that the responses stay column-aligned) and
+    its response but the last token. Positions continue each row's own prompt, as in ``pack``."""
+    P, R = packed.prompt_width, packed.response_ids.shape[1]
+    device = packed.input_ids.device
+    n, G = len(prompts), len(lengths)
+    pad = 0                              # any id: padded positions are masked out
+    Wp = max(1, max(lengths))
+    pre_ids = torch.full((G, Wp), pad, dtype=torch.long)
+    pre_mask = torch.zeros((G, Wp), dtype=torch.long)
+    rep = {}
+    for i, g in enumerate(group_of):
+        rep.setdefault(g, i)
+    for g, L in enumerate(lengths):
+        if L:
+            pre_ids[g, Wp - L:] = torch.tensor(prompts[rep[g]][:L], dtype=torch.long)
+            pre_mask[g, Wp - L:] = 1
+    pre_pos = (pre_mask.cumsum(-1) - 1).clamp(min=0)
+    rest = [prompts[i][lengths[group_of[i]]:] for i in range(n)]
+    Ws = max(len(r) for r in rest)
+    rest_ids = torch.full((n, Ws), pad, dtype=torch.long)
+    rest_mask = torch.zeros((n, Ws), dtype=torch.long)
+    rest_pos = torch.zeros((n, Ws), dtype=torch.long)
+    for i, r in enumerate(rest):
+        start = lengths[group_of[i]]
+        rest_ids[i, Ws - len(r):] = torch.tensor(r, dtype=torch.long)
+        rest_mask[i, Ws - len(r):] = 1
+        rest_pos[i, Ws - len(r):] = torch.arange(start, start + len(r))
+    pre_ids, pre_mask, pre_pos = pre_ids.to(device), pre_mask.to(device), pre_pos.to(device)
+    rest_ids, rest_mask, rest_pos = rest_ids.to(device), rest_mask.to(device), rest_pos.to(device)
+    out = model(**_token_inputs(model, pre_ids), attention_mask=pre_mask, position_ids=pre_pos, use_cache=True,
+                logits_to_keep=1)
+    cache = _cache_of(out)
+    index = torch.tensor(group_of, dtype=torch.long, device=device)
+    _expand_cache(cache, index)
+    ids = torch.cat([rest_ids, packed.input_ids[:, P:P + R - 1]], dim=1)
+    mask = torch.cat([pre_mask.index_select(0, index), rest_mask, packed.attention_mask[:, P:P + R - 1]], dim=1)
+    pos = torch.cat([rest_pos, packed.position_ids[:, P:P + R - 1]], dim=1)
+    out = model(**_token_inputs(model, ids), attention_mask=mask, position_ids=pos, use_cache=True,
+                logits_to_keep=R, **{cache_kw: cache})
+    return out.logits[:, -R:]
+
+
 def _cache_of(output):
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
@@ -145,17 +235,23 @@ def response_logits(model, packed: Packed, temperature: float = 1.0, bf16_autoca
     """Logits that predict each response token: [n, R, V] in float32, divided by temperature.
 
     ``share_prompts``: rows with an identical prompt (the G samples of a group) run it once and
-    share its KV cache; same logits up to float rounding, fewer tokens through the model."""
+    share its KV cache; failing that, rows whose prompts share a long common prefix (a group's
+    teacher prompts) run the prefix once. Same logits up to float rounding, fewer tokens through
+    the model."""
     R = packed.response_ids.shape[1]
     params = _forward_params(model)
     keep = "logits_to_keep" in params
     device_type = packed.input_ids.device.type
     ctx = torch.autocast(device_type, dtype=torch.bfloat16) if bf16_autocast else nullcontext()
     shared = _shared_prompts(packed) if share_prompts and keep else None
+    prefixes = _shared_prefixes(packed) if share_prompts and keep and shared is None else None
+    cache_kw = "cache" if "cache" in params else "past_key_values"
     if shared is not None:
-        cache_kw = "cache" if "cache" in params else "past_key_values"
         with ctx:
             logits = _shared_prompt_logits(model, packed, *shared, cache_kw).float()
+    elif prefixes is not None:
+        with ctx:
+            logits = _shared_prefix_logits(model, packed, *prefixes, cache_kw).float()
     else:
         kwargs = dict(**_token_inputs(model, packed.input_ids), attention_mask=packed.attention_mask,
                       position_ids=packed.position_ids, use_cache=False)
