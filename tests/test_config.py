@@ -132,15 +132,22 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_completes(tmp_path):
     out = tmp_path / "I"
     args = ["run", "--methods", "grpo", "--task", "debug", "--model", "tiny-random", "--out", str(out),
             "train.checkpoint_every=1000", "rollout.max_new_tokens=24", "eval.samples=0", "eval.greedy=false"]
+    # SIGINT back to its default in the child: a suite started in the background (`cmd &`) runs with
+    # SIGINT ignored, which the child would inherit and Python would then never turn into Ctrl-C
     proc = subprocess.Popen([sys.executable, "-m", "vpd_bench", *args, "--steps", "100000"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run = out / "debug" / "grpo" / "none" / "seed0"
     deadline = time.time() + 90
     while time.time() < deadline and not ((run / "metrics.jsonl").exists() and
                                           len((run / "metrics.jsonl").read_text().splitlines()) >= 3):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()                   # never leave a training process running after the test
+        raise
     assert proc.returncode == 130, err
     assert "--resume" in err
     done = len((run / "metrics.jsonl").read_text().splitlines())
