@@ -295,7 +295,7 @@ class VPD(SDPO):
                     teacher = graph if graph is not None else self._teacher_log_probs(items, mb, norm)
                     graph = None                 # a second epoch scores the updated weights again
                     rho = L.implicit_reward(teacher, prior, beta)
-                    if epoch == 0:
+                    if lagged and epoch == 0:
                         first_rhos.append(rho.detach())
                     success = torch.tensor([items[i]["success"] for i in mb])
                     loss = self._bco_share(rho, success, self.delta, n_success, n_failure)

@@ -347,6 +347,14 @@ def reference_estep(t, batch, beta, delta_before, momentum=0.9, successes_only=F
     return loss, delta
 
 
+def buffered_batch(t, rewards):
+    """A toy batch with feedback, remembered in the VPD trainer's E-step buffer."""
+    batch = toy_batch(t, rewards=rewards)
+    t.build_teacher_context(batch)
+    t.method._remember(batch)
+    return batch
+
+
 def run_estep_capturing_gradient(t, monkeypatch):
     params = params_of(t.model)
     captured = {}
@@ -370,9 +378,7 @@ def test_estep_loss_and_gradient_match_the_definition(make_trainer, monkeypatch,
     beta = 0.5
     t = trainer_for(make_trainer, "vpd", ["method.estep_every=1", f"method.beta={beta}",
                                           f"train.micro_batch_size={micro_batch}"])
-    batch = toy_batch(t, rewards=rewards)
-    t.build_teacher_context(batch)
-    t.method._remember(batch)
+    batch = buffered_batch(t, rewards)
     t.method.delta = delta_before
     ref_loss, ref_delta = reference_estep(t, batch, beta, delta_before)
     params = params_of(t.model)
@@ -391,9 +397,7 @@ def test_lagged_delta_uses_the_previous_running_mean_and_moves_it_after(make_tra
     beta, before = 0.5, 0.7
     t = trainer_for(make_trainer, "vpd", ["method.estep_every=1", f"method.beta={beta}",
                                           f"train.micro_batch_size={micro_batch}", "method.delta_timing=after_loss"])
-    batch = toy_batch(t, rewards=(0.0, 1.0, 1.0, 0.0))
-    t.build_teacher_context(batch)
-    t.method._remember(batch)
+    batch = buffered_batch(t, (0.0, 1.0, 1.0, 0.0))
     t.method.delta = before
     ref_loss, ref_delta = reference_estep(t, batch, beta, before, lagged=True)
     exact_loss, exact_delta = reference_estep(t, batch, beta, before)
@@ -414,9 +418,7 @@ def test_lagged_delta_uses_the_previous_running_mean_and_moves_it_after(make_tra
 def test_lagged_delta_saves_the_forward_only_pass(make_trainer, monkeypatch, timing, delta_before, passes):
     t = trainer_for(make_trainer, "vpd", ["method.estep_every=1", "train.micro_batch_size=1",
                                           f"method.delta_timing={timing}", "method.estep_probe=0"])
-    batch = toy_batch(t, rewards=(0.0, 1.0, 1.0, 0.0))
-    t.build_teacher_context(batch)
-    t.method._remember(batch)
+    buffered_batch(t, (0.0, 1.0, 1.0, 0.0))
     t.method.delta = delta_before
     calls = []
     real = t.method._teacher_log_probs
@@ -441,9 +443,7 @@ def test_estep_on_successes_only_drops_the_failure_term(make_trainer, monkeypatc
     full = trainer_for(make_trainer, "vpd", ["method.estep_every=1", f"method.beta={beta}"])
     t = trainer_for(make_trainer, "vpd", ["method.estep_every=1", f"method.beta={beta}",
                                           "method.estep_samples=successes"])
-    batch = toy_batch(t, rewards=(1.0, 0.0, 1.0, 0.0))
-    t.build_teacher_context(batch)
-    t.method._remember(batch)
+    batch = buffered_batch(t, (1.0, 0.0, 1.0, 0.0))
     assert [it["success"] for its in t.method.buffer for it in its] == [True, True]
     ref_loss, ref_delta = reference_estep(t, batch, beta, None, successes_only=True)
     all_loss, all_delta = reference_estep(full, batch, beta, None)
