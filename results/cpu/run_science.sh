@@ -33,7 +33,7 @@ if want 1 && [ ! -f "$CHOSEN" ]; then
       --grid train.lr=3e-6,1e-5,3e-5 --seeds 1 --jobs 2 --out results/cpu/tuning) >> "$LOG" 2>&1 \
     || { say "stage 1 FAILED (see $LOG)"; exit 1; }
   if [ "$tree" != "$ROOT" ]; then      # bring the finished tuning (no weights) into this checkout
-    (cd "$tree/results/cpu/tuning" && tar cf - --exclude checkpoints --exclude stdout.log .) \
+    (cd "$tree/results/cpu/tuning" && tar cf - --exclude checkpoints --exclude stdout.log --exclude .lock .) \
       | (mkdir -p results/cpu/tuning && cd results/cpu/tuning && tar xf -)
   fi
 fi

@@ -52,6 +52,7 @@ TRAIN_SAMPLES_FILE = "samples.jsonl"    # a few training responses per step
 SAMPLES_FILE = "eval_samples.jsonl"     # one row per held-out problem x sample x evaluation (optional)
 TEACHER_PROBE_FILE = "teacher_probe.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+LOCK_FILE = ".lock"                     # held (flock) by the process writing the run; holds its pid
 RUN_FILES = (RESULTS_FILE, METRICS_FILE, EVAL_FILE)   # any of them marks a folder as a run
 
 

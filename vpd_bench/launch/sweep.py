@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from vpd_bench.config import CONF_DIR, compose, feedback_label, group_options
 from vpd_bench.errors import UserError
-from vpd_bench.evaluation.results import CHECKPOINT_DIR, METRICS_FILE, RESULTS_FILE
+from vpd_bench.evaluation.results import CHECKPOINT_DIR, LOCK_FILE, METRICS_FILE, RESULTS_FILE
 
 log = logging.getLogger("vpd_bench")
 
@@ -161,21 +161,81 @@ def run_status(run_dir: Path, steps: int | None = None) -> str:
     return "new"
 
 
+class RunLock:
+    """One writer per run folder. Two processes resuming the same run (two sweeps pointed at one
+    ``--out``, a sweep re-started while its first copy still runs) would interleave its logs and
+    checkpoints; the second is refused, naming the first. An advisory ``flock`` on ``<run>/.lock``:
+    the kernel drops it when the holder exits, however it exits, so a killed run never leaves a
+    stale lock. Where ``fcntl`` is missing (Windows) it does nothing."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.fd = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:                      # pragma: no cover - not POSIX
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = run_holder(self.path.parent)
+            raise UserError(f"{self.path.parent} is being written by another process"
+                            f"{f' (pid {holder})' if holder else ''}: two processes on one run would interleave "
+                            f"its files. Wait for it to finish, or stop it"
+                            f"{f' (kill {holder})' if holder else ''} and run again to resume") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)                    # closing the descriptor releases the flock
+            self.fd = None
+        return False
+
+
+def run_holder(run_dir: Path) -> int | None:
+    """The pid of the process writing this run, or None when nobody holds its lock."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        import fcntl
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 32).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def run_one(spec: RunSpec, resume: bool = True, progress: bool = True):
     from vpd_bench.training.loop import Trainer
     cfg = spec.compose()
     run_dir = spec.run_dir(cfg)
-    status = run_status(run_dir, int(cfg.train.steps))
-    if status == "complete":
-        log.info("skip %s: already complete", run_dir)
-        return None
-    if status == "partial" and not resume:
-        raise UserError(f"{run_dir} holds a partial run: pass --resume to continue it")
-    OmegaConf.set_struct(cfg, False)
-    cfg.run_dir = str(run_dir)
-    OmegaConf.set_struct(cfg, True)
-    trainer = Trainer(cfg, run_dir, progress=progress)
-    return trainer.run(resume=(status == "partial"))
+    with RunLock(run_dir):
+        status = run_status(run_dir, int(cfg.train.steps))
+        if status == "complete":
+            log.info("skip %s: already complete", run_dir)
+            return None
+        if status == "partial" and not resume:
+            raise UserError(f"{run_dir} holds a partial run: pass --resume to continue it")
+        OmegaConf.set_struct(cfg, False)
+        cfg.run_dir = str(run_dir)
+        OmegaConf.set_struct(cfg, True)
+        trainer = Trainer(cfg, run_dir, progress=progress)
+        return trainer.run(resume=(status == "partial"))
 
 
 def parallel_plan(n_runs: int, jobs: int | str | None = "auto", cores: int | None = None) -> tuple[int, int]:
@@ -223,6 +283,12 @@ def run_local(specs: list[RunSpec], jobs: int | str = "auto", resume: bool = Tru
         while pending and len(running) < jobs:
             spec = pending.pop(0)
             run_dir = spec.run_dir()
+            holder = run_holder(run_dir)
+            if holder is not None:              # another sweep is writing it: leave it alone
+                failures += 1
+                log.error("run %s not started: another process (pid %s) is writing it; re-run this sweep "
+                          "when it ends", run_dir, holder)
+                continue
             run_dir.mkdir(parents=True, exist_ok=True)
             logf = open(run_dir / "stdout.log", "a")
             proc = subprocess.Popen([sys.executable, "-m", "vpd_bench", *spec.cli_args()], stdout=logf,
