@@ -4,8 +4,9 @@
 # picks up where it stopped. Stages, in order:
 #   1. tuning (issue 18 §1): grpo, sdpo, sdft, vpd at train.lr in {3e-6, 1e-5, 3e-5}, one seed each,
 #      chosen on the validation split -> results/cpu/tuning/chosen.yaml. Runs from the worktree
-#      given as TUNE_TREE (default /work/sweep, checked out at the revision the tuning started
-#      from, bb37788) so that every grid point runs the same code; without that worktree, from here.
+#      given as TUNE_TREE (default /work/sweep2, a detached checkout at f9bb08c with its own .venv;
+#      the first seven grid points ran at bb37788 from /work/sweep) so that commits to this
+#      checkout cannot reach runs in flight; without that worktree, from here.
 #   2. the comparison (issue 13 §2 and §4): the cpu_comparison sweep at the chosen values, SEEDS
 #      seeds (default 3 first, then 5: seeds run seed-major, so 3 complete seeds come before any
 #      fourth). Its GRPO rows are the positive control.
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 SEEDS=${SEEDS:-3}
 STAGES=${STAGES:-"1 2 3 4"}
-TUNE_TREE=${TUNE_TREE:-/work/sweep}
+TUNE_TREE=${TUNE_TREE:-/work/sweep2}
 LOG=results/cpu/run_science.log
 say() { echo "$(date '+%F %T') $*" | tee -a "$LOG"; }
 want() { case " $STAGES " in *" $1 "*) return 0;; esac; return 1; }
@@ -29,7 +30,8 @@ CHOSEN=results/cpu/tuning/chosen.yaml
 if want 1 && [ ! -f "$CHOSEN" ]; then
   tree=$ROOT; [ -d "$TUNE_TREE/.git" ] || [ -f "$TUNE_TREE/.git" ] && tree=$TUNE_TREE
   say "stage 1: tuning in $tree"
-  (cd "$tree" && vpd-bench tune --methods grpo,sdpo,sdft,vpd --task math --preset cpu --feedback env+sibling \
+  py=python; [ -x "$tree/.venv/bin/python" ] && py="$tree/.venv/bin/python"    # the tree's own code
+  (cd "$tree" && OMP_NUM_THREADS=1 "$py" -m vpd_bench tune --methods grpo,sdpo,sdft,vpd --task math --preset cpu --feedback env+sibling \
       --grid train.lr=3e-6,1e-5,3e-5 --seeds 1 --jobs 2 --out results/cpu/tuning) >> "$LOG" 2>&1 \
     || { say "stage 1 FAILED (see $LOG)"; exit 1; }
   if [ "$tree" != "$ROOT" ]; then      # bring the finished tuning (no weights) into this checkout
