@@ -33,8 +33,11 @@ def child(args) -> None:
         import vpd_bench.methods.vpd as vpd_module
         from vpd_bench.rollout.scoring import micro_batches
         vpd_module.micro_batches = lambda idx, size: micro_batches(idx, max(1, int(size) // args.estep_split))
+    if args.child.endswith("_unshared"):     # the same variant without the teacher-prompt prefix sharing
+        import vpd_bench.rollout.scoring as scoring
+        scoring._shared_prefixes = lambda *a, **k: None
     t = C.trainer(VARIANTS[args.child][0], overrides(args), model=args.model)
-    if args.child == "vpd_window_lagged":
+    if args.child.startswith("vpd_window_lagged"):
         t.method.delta = 0.0     # a running delta exists, as at every E-step after a run's first
     times, parts = [], []
     for step in range(1, args.F + 2):
@@ -57,6 +60,10 @@ VARIANTS = {
     "vpd_window_lagged": ("vpd", ["method.estep_buffer=window", "method.estep_probe=0",
                                   "method.delta_timing=after_loss"]),
 }
+# --prefix-ablation: the variants again with the teacher prompts' common prefix run per row (as
+# before the prefix sharing of rollout/scoring.py), to see what the sharing does to whole iterations
+UNSHARED = {f"{name}_unshared": VARIANTS[name] for name in ("sdpo", "vpd_window_lagged")}
+VARIANTS.update(UNSHARED)
 
 
 def overrides(args) -> list[str]:
@@ -93,7 +100,12 @@ def main() -> None:
     p.add_argument("--estep-split", type=int, default=1,
                    help="what-if: split VPD's E-step micro-batches N ways (teacher prompts are ~2x the student's "
                         "sequence length, so 2 gives the E-step the M-step's tokens per micro-batch)")
+    p.add_argument("--prefix-ablation", action="store_true",
+                   help="also run sdpo and vpd_window_lagged without the teacher-prompt prefix sharing")
     args = p.parse_args()
+    if not args.prefix_ablation and not args.child:
+        for name in UNSHARED:
+            del VARIANTS[name]
     args.F = args.F or (2 if args.quick else 5)
     args.tokens = args.tokens or (32 if args.quick else 48)
     if args.child:
@@ -140,6 +152,12 @@ def main() -> None:
     print(C.result_line("vpd_iteration_time_vs_sdpo_window_lagged_delta", ratio["vpd_window_lagged"], "<= 1.55"))
     print(C.result_line("vpd_iteration_time_vs_sdpo_window", ratio["vpd_window"], "<= 1.55"))
     print(C.result_line("vpd_iteration_time_vs_sdpo_current", ratio["vpd_current"], "<= 1.3"))
+    if args.prefix_ablation:
+        for name in UNSHARED:
+            base = name[:-len("_unshared")]
+            print(C.result_line(f"prefix_sharing_speedup_{base}", t[name] / t[base], "> 1"))
+        print(C.result_line("vpd_iteration_time_vs_sdpo_window_lagged_delta_unshared",
+                            t["vpd_window_lagged_unshared"] / t["sdpo_unshared"], "<= 1.55"))
 
 
 def argparse_hidden():
