@@ -194,3 +194,22 @@ def test_a_sweep_leaves_a_run_another_process_is_writing_and_counts_it_failed(tm
         assert not (d / "stdout.log").exists()                      # no subprocess was started on it
     finally:
         holder.communicate("\n", timeout=60)
+
+
+def test_only_rank_zero_of_a_multi_process_launch_takes_the_run_lock(tmp_path, monkeypatch):
+    """Under accelerate/torchrun every rank runs the same command on the same run folder; rank 0
+    alone writes it (training/distributed.py), so the followers must not be refused by its lock."""
+    from vpd_bench.launch.sweep import RunLock, run_holder
+    d = tmp_path / "run"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with RunLock(d):
+        assert run_holder(d) is not None
+        monkeypatch.setenv("RANK", "1")
+        with RunLock(d):                       # a follower: no lock taken, no refusal
+            pass
+        monkeypatch.setenv("WORLD_SIZE", "1")
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(Exception, match="being written by another process"):
+            with RunLock(d):                   # a second single-process writer still is refused
+                pass

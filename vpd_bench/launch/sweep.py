@@ -166,7 +166,8 @@ class RunLock:
     ``--out``, a sweep re-started while its first copy still runs) would interleave its logs and
     checkpoints; the second is refused, naming the first. An advisory ``flock`` on ``<run>/.lock``:
     the kernel drops it when the holder exits, however it exits, so a killed run never leaves a
-    stale lock. Where ``fcntl`` is missing (Windows) it does nothing."""
+    stale lock. Where ``fcntl`` is missing (Windows) it does nothing. Under a multi-process launch
+    (``WORLD_SIZE`` > 1) only rank 0 takes it: it alone writes the run, the other ranks only read."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK_FILE
@@ -177,6 +178,8 @@ class RunLock:
             import fcntl
         except ImportError:                      # pragma: no cover - not POSIX
             return self
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and int(os.environ.get("RANK", "0") or 0) != 0:
+            return self                          # a follower rank (training/distributed.py): never writes
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
