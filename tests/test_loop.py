@@ -105,11 +105,16 @@ def test_sigkill_mid_run_resumes_and_completes(tmp_path):
             "eval.samples=0", "eval.greedy=false"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     metrics = the_run(out) / "metrics.jsonl"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+    latest = the_run(out) / "checkpoints" / "LATEST"
+    # kill it past its first checkpoint (step 3) and mid-way between checkpoints; wait for that
+    # however loaded the machine is (a fixed 60 s once killed a run that had not reached step 3)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
             break
         time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before it could be killed mid-run"
+    assert latest.exists(), "the run did not reach its first checkpoint within 600 s"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     d = the_run(out)
