@@ -11,7 +11,10 @@
   (``sync_weights``) before its first generation.
 - **Weight sync after every update**: the loop calls ``sync_weights(model)`` after each training
   step (and after a resume); LoRA deltas are added to the copy (out of place). The
-  prefix cache is reset, since cached KV blocks hold activations of the old weights.
+  prefix cache is reset, since cached KV blocks hold activations of the old weights. Where the
+  model's ``load_weights`` cannot write (vLLM's CPU build drops the weight loaders when it
+  repacks its layers) the sync uses vLLM's in-place ``reload_weights`` instead and rebuilds the
+  packed copy of a tied LM head (``_refresh_cpu_gemm``).
 - **Per-token log-probs** of the sampled tokens come back with every response
   (``logprobs=0``; ``logprobs_mode=processed_logprobs`` where vLLM has it, so they are log-probs
   of the temperature-scaled distribution, as the HF engine and the trainer's scorer compute them).
