@@ -5,8 +5,9 @@ preset's B 4 x G 4 and 64), `rollout/scoring.py` runs the common prefix of a gro
 Whole-iteration timings of two separate runs cannot resolve a saving of a few percent on a shared
 machine (their generation, which the change does not touch, can differ by 30%), so this script
 times the change where it acts: it runs real SDPO and VPD iterations (window buffer, lagged delta)
-and, for every teacher `response_logits` call of the loop, runs the same batch once more each way
-(per-row padded scoring and shared prefix, alternating which goes first): a forward under no_grad for the
+and, for every `response_logits` call of the loop that takes the prefix path, runs the same batch
+once more each way (as before the prefix sharing: identical prompts once, the rest in full; and as
+now), alternating which goes first: a forward under no_grad for the
 no-grad calls, forward + backward (`torch.autograd.grad`, which leaves the model's `.grad` alone)
 for the calls that train. The loop itself runs unchanged. Reported: the time of the teacher passes each way,
 their ratio, and the saving as a share of the iteration time (the loop's own step time, minus
@@ -32,20 +33,38 @@ def measure(method: str, overrides: list[str], steps: int, model: str) -> dict:
     acc = {"unshared": 0.0, "shared": 0.0, "calls": 0, "calls_prefix": 0, "extra": 0.0, "prompt_tokens": 0,
            "saved_tokens": 0}
 
+    real_prefixes = S._shared_prefixes
+
     def one(model_, packed, args, kwargs, share: bool) -> float:
-        t0 = time.perf_counter()
-        if torch.is_grad_enabled():
-            out = original(model_, packed, *args, **{**kwargs, "share_prompts": share})
-            params = [p for p in model_.parameters() if p.requires_grad]
-            torch.autograd.grad(out.float().logsumexp(-1).sum(), params, allow_unused=True)
-        else:
-            original(model_, packed, *args, **{**kwargs, "share_prompts": share})
-        return time.perf_counter() - t0
+        """share=False: scoring as before the prefix sharing existed (identical prompts still run
+        once, everything else in full); share=True: as the loop scores it now."""
+        if not share:
+            S._shared_prefixes = lambda *a, **k: None
+        try:
+            t0 = time.perf_counter()
+            if torch.is_grad_enabled():
+                out = original(model_, packed, *args, **kwargs)
+                params = [p for p in model_.parameters() if p.requires_grad]
+                torch.autograd.grad(out.float().logsumexp(-1).sum(), params, allow_unused=True)
+            else:
+                original(model_, packed, *args, **kwargs)
+            return time.perf_counter() - t0
+        finally:
+            S._shared_prefixes = real_prefixes
+
+    def takes_prefix_path(packed):
+        prefixes = real_prefixes(packed)
+        if prefixes is None:
+            return None
+        shared = S._shared_prompts(packed)
+        if shared is not None and S._prefix_saving(prefixes) <= S._identical_saving(packed, shared):
+            return None
+        return prefixes
 
     def timed(model_, packed, *args, **kwargs):
-        if kwargs.get("share_prompts", True) and S._shared_prompts(packed) is None:
-            prefixes = S._shared_prefixes(packed)
-            if prefixes is not None:                     # a teacher pass that takes the prefix path
+        if kwargs.get("share_prompts", True):
+            prefixes = takes_prefix_path(packed)
+            if prefixes is not None:                     # a pass that takes the prefix path
                 t0 = time.perf_counter()
                 order = (False, True) if acc["calls_prefix"] % 2 == 0 else (True, False)
                 for share in order:

@@ -137,6 +137,48 @@ def test_shared_prefix_scoring_equals_unshared_with_gradients(tiny, monkeypatch)
     assert torch.allclose(grads[0], grads[1], atol=1e-4, rtol=1e-3)
 
 
+def test_where_identical_and_prefix_sharing_both_apply_the_cheaper_runs_and_scores_the_same(tiny, monkeypatch):
+    """A teacher micro-batch where two rows got the same feedback (identical prompts) and the others
+    differ only in their last lines: the prefix path runs fewer prompt tokens, so it is taken, and
+    the log-probs and gradients equal scoring every row in full. A student group (all prompts
+    identical) keeps the identical-prompt path."""
+    import vpd_bench.rollout.scoring as S
+    tok, model = tiny.tokenizer, tiny.model
+    ps = teacher_like_prompts(tok)[:3]
+    ps = [ps[0], ps[0], ps[1], ps[2]]                      # rows 0 and 1: the same feedback
+    rs = [[5, 6, 7], [8, 9], [9, 10, 11, 12, 13], [14, 15]]
+    packed = pack(ps, rs, tok.pad_token_id)
+    shared, prefixes = S._shared_prompts(packed), S._shared_prefixes(packed)
+    assert shared is not None and prefixes is not None
+    assert S._prefix_saving(prefixes) > S._identical_saving(packed, shared) == len(ps[0])
+    taken = []
+    real_prefix, real_identical = S._shared_prefix_logits, S._shared_prompt_logits
+    monkeypatch.setattr(S, "_shared_prefix_logits", lambda *a: taken.append("prefix") or real_prefix(*a))
+    monkeypatch.setattr(S, "_shared_prompt_logits", lambda *a: taken.append("identical") or real_identical(*a))
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    try:
+        lps, grads = [], []
+        for share in (True, False):
+            model.zero_grad(set_to_none=True)
+            lp = token_log_probs(response_logits(model, packed, share_prompts=share), packed.response_ids)
+            (lp * packed.response_mask).sum().backward()
+            grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                                    for p in params]).clone())
+            lps.append(lp.detach() * packed.response_mask)
+        assert taken == ["prefix"]
+        assert torch.allclose(lps[0], lps[1], atol=1e-4)
+        assert torch.allclose(grads[0], grads[1], atol=1e-4, rtol=1e-3)
+        student = pack([ps[2]] * 4, rs, tok.pad_token_id)    # a group's student prompts: all identical
+        taken.clear()
+        with torch.no_grad():
+            response_logits(model, student)
+        assert taken == ["identical"]
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
 def test_short_common_prefixes_are_not_shared(tiny):
     tok = tiny.tokenizer
     ps = [tok.encode(t) for t in ["ab one", "ab two", "ab three"]]

@@ -124,6 +124,19 @@ def _shared_prefixes(packed: Packed, min_prefix: int = MIN_SHARED_PREFIX):
     return prompts, group_of, lengths
 
 
+def _prefix_saving(prefixes) -> int:
+    """Prompt tokens the shared-prefix path does not run: (rows - 1) x prefix per group."""
+    _, group_of, lengths = prefixes
+    return sum((group_of.count(g) - 1) * L for g, L in enumerate(lengths))
+
+
+def _identical_saving(packed: Packed, shared) -> int:
+    """Prompt tokens the identical-prompt path does not run: every row but a representative."""
+    rep, inverse = shared
+    lengths = packed.attention_mask[:, :packed.prompt_width].sum(-1)
+    return int(lengths.sum() - lengths.index_select(0, rep).sum())
+
+
 def _shared_prefix_logits(model, packed: Packed, prompts, group_of, lengths, cache_kw: str):
     """Response logits with each group's common prefix run once: the prefix pass (with grad, when
     grad is on) gives a KV cache that is expanded to the group's rows; then each row runs the rest
@@ -235,16 +248,23 @@ def response_logits(model, packed: Packed, temperature: float = 1.0, bf16_autoca
     """Logits that predict each response token: [n, R, V] in float32, divided by temperature.
 
     ``share_prompts``: rows with an identical prompt (the G samples of a group) run it once and
-    share its KV cache; failing that, rows whose prompts share a long common prefix (a group's
-    teacher prompts) run the prefix once. Same logits up to float rounding, fewer tokens through
-    the model."""
+    share its KV cache; rows whose prompts share a long common prefix (a group's teacher prompts)
+    run the prefix once; where both apply, the one that runs fewer prompt tokens is used. Same
+    logits up to float rounding, fewer tokens through the model."""
     R = packed.response_ids.shape[1]
     params = _forward_params(model)
     keep = "logits_to_keep" in params
     device_type = packed.input_ids.device.type
     ctx = torch.autocast(device_type, dtype=torch.bfloat16) if bf16_autocast else nullcontext()
     shared = _shared_prompts(packed) if share_prompts and keep else None
-    prefixes = _shared_prefixes(packed) if share_prompts and keep and shared is None else None
+    prefixes = _shared_prefixes(packed) if share_prompts and keep else None
+    if shared is not None and prefixes is not None:
+        # both apply (e.g. a teacher micro-batch where two rows got the same feedback and the
+        # rest differ only at the end): take the one that runs fewer prompt tokens
+        if _prefix_saving(prefixes) > _identical_saving(packed, shared):
+            shared = None
+        else:
+            prefixes = None
     cache_kw = "cache" if "cache" in params else "past_key_values"
     if shared is not None:
         with ctx:
