@@ -102,6 +102,26 @@ def teacher_like_prompts(tok):
                                                add_generation_prompt=True), add_special_tokens=False) for t in texts]
 
 
+def scored_shared_and_unshared(model, packed):
+    """([log-probs shared, unshared], [gradients shared, unshared]) of the masked response log-probs,
+    the model in train mode for the two passes and left clean after them."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    try:
+        lps, grads = [], []
+        for share in (True, False):
+            model.zero_grad(set_to_none=True)
+            lp = token_log_probs(response_logits(model, packed, share_prompts=share), packed.response_ids)
+            (lp * packed.response_mask).sum().backward()
+            grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                                    for p in params]).clone())
+            lps.append(lp.detach() * packed.response_mask)
+        return lps, grads
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
 def test_shared_prefix_scoring_equals_unshared_with_gradients(tiny, monkeypatch):
     """Rows with different prompts that begin alike run the common prefix once: the response
     log-probs and their gradients equal scoring every row in full, and the prefix path is taken."""
@@ -118,22 +138,9 @@ def test_shared_prefix_scoring_equals_unshared_with_gradients(tiny, monkeypatch)
     calls = []
     real = S._shared_prefix_logits
     monkeypatch.setattr(S, "_shared_prefix_logits", lambda *a: calls.append(1) or real(*a))
-    params = [p for p in model.parameters() if p.requires_grad]
-    model.train()
-    try:
-        got_lp, want_lp, grads = [], [], []
-        for share in (True, False):
-            model.zero_grad(set_to_none=True)
-            lp = token_log_probs(response_logits(model, packed, share_prompts=share), packed.response_ids)
-            (lp * packed.response_mask).sum().backward()
-            grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
-                                    for p in params]).clone())
-            (got_lp if share else want_lp).append(lp.detach() * packed.response_mask)
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.eval()
+    lps, grads = scored_shared_and_unshared(model, packed)
     assert calls == [1]
-    assert torch.allclose(got_lp[0], want_lp[0], atol=1e-4)
+    assert torch.allclose(lps[0], lps[1], atol=1e-4)
     assert torch.allclose(grads[0], grads[1], atol=1e-4, rtol=1e-3)
 
 
@@ -155,28 +162,15 @@ def test_where_identical_and_prefix_sharing_both_apply_the_cheaper_runs_and_scor
     real_prefix, real_identical = S._shared_prefix_logits, S._shared_prompt_logits
     monkeypatch.setattr(S, "_shared_prefix_logits", lambda *a: taken.append("prefix") or real_prefix(*a))
     monkeypatch.setattr(S, "_shared_prompt_logits", lambda *a: taken.append("identical") or real_identical(*a))
-    params = [p for p in model.parameters() if p.requires_grad]
-    model.train()
-    try:
-        lps, grads = [], []
-        for share in (True, False):
-            model.zero_grad(set_to_none=True)
-            lp = token_log_probs(response_logits(model, packed, share_prompts=share), packed.response_ids)
-            (lp * packed.response_mask).sum().backward()
-            grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
-                                    for p in params]).clone())
-            lps.append(lp.detach() * packed.response_mask)
-        assert taken == ["prefix"]
-        assert torch.allclose(lps[0], lps[1], atol=1e-4)
-        assert torch.allclose(grads[0], grads[1], atol=1e-4, rtol=1e-3)
-        student = pack([ps[2]] * 4, rs, tok.pad_token_id)    # a group's student prompts: all identical
-        taken.clear()
-        with torch.no_grad():
-            response_logits(model, student)
-        assert taken == ["identical"]
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.eval()
+    lps, grads = scored_shared_and_unshared(model, packed)
+    assert taken == ["prefix"]
+    assert torch.allclose(lps[0], lps[1], atol=1e-4)
+    assert torch.allclose(grads[0], grads[1], atol=1e-4, rtol=1e-3)
+    student = pack([ps[2]] * 4, rs, tok.pad_token_id)    # a group's student prompts: all identical
+    taken.clear()
+    with torch.no_grad():
+        response_logits(model, student)
+    assert taken == ["identical"]
 
 
 def test_short_common_prefixes_are_not_shared(tiny):
