@@ -187,6 +187,7 @@ class RunLock:
         except BlockingIOError:
             os.close(fd)
             holder = run_holder(self.path.parent)
+            holder = holder if holder and holder > 0 else None     # -1: held, its pid not yet written
             raise UserError(f"{self.path.parent} is being written by another process"
                             f"{f' (pid {holder})' if holder else ''}: two processes on one run would interleave "
                             f"its files. Wait for it to finish, or stop it"
@@ -204,7 +205,8 @@ class RunLock:
 
 
 def run_holder(run_dir: Path) -> int | None:
-    """The pid of the process writing this run, or None when nobody holds its lock."""
+    """The pid of the process writing this run (-1: held, its pid not written yet), or None when
+    nobody holds its lock."""
     path = Path(run_dir) / LOCK_FILE
     try:
         import fcntl
@@ -289,8 +291,8 @@ def run_local(specs: list[RunSpec], jobs: int | str = "auto", resume: bool = Tru
             holder = run_holder(run_dir)
             if holder is not None:              # another sweep is writing it: leave it alone
                 failures += 1
-                log.error("run %s not started: another process (pid %s) is writing it; re-run this sweep "
-                          "when it ends", run_dir, holder)
+                log.error("run %s not started: another process (%s) is writing it; re-run this sweep "
+                          "when it ends", run_dir, f"pid {holder}" if holder > 0 else "pid unknown")
                 continue
             run_dir.mkdir(parents=True, exist_ok=True)
             logf = open(run_dir / "stdout.log", "a")
