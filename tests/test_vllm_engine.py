@@ -343,3 +343,30 @@ def test_refresh_cpu_gemm_repacks_only_layers_that_keep_their_weight():
     model.gpu = plain
     assert sorted(V._refresh_cpu_gemm(model)) == ["embed", "head"]
     assert (model.embed.packs, model.head.packs, model.linear.packs, plain.packs) == (1, 1, 0, 0)
+
+
+def test_a_multiprocess_cpu_engine_falls_back_to_the_reload_too(with_fake_vllm, tmp_path, monkeypatch):
+    """With vLLM's engine in another process the model is reached through apply_model; the CPU
+    build's missing weight loader then surfaces as an error from the worker, and the sync falls
+    back on reload_weights the same way."""
+    reloads = []
+
+    def apply_model(self, fn):
+        if fn is V._refresh_cpu_gemm:
+            return [fn(torch.nn.Module())]
+        raise RuntimeError("worker failed: 'Parameter' object has no attribute 'weight_loader'")
+
+    def collective_rpc(self, method, args=(), kwargs=None):
+        reloads.append(method)
+        params = dict(self.hf.named_parameters())
+        with torch.no_grad():
+            for name, tensor in kwargs["weights_iterator"]:
+                params[name].copy_(tensor)
+
+    monkeypatch.setattr(V, "_inner_model", lambda llm: None)
+    monkeypatch.setattr(FakeLLM, "apply_model", apply_model, raising=False)
+    monkeypatch.setattr(FakeLLM, "collective_rpc", collective_rpc, raising=False)
+    t = trainer(tmp_path)
+    assert t.engine.reload_mode and reloads == ["reload_weights"]
+    llm = FakeLLM.instances[-1]
+    assert all(torch.equal(a, b) for a, b in zip(llm.hf.parameters(), t.model.parameters()))

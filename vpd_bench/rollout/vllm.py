@@ -220,7 +220,13 @@ class VLLMEngine:
                     self.reload_mode = True
             elif hasattr(self.llm, "apply_model"):     # vLLM's own hook, multiprocess engines included
                 weights = [(k, v.cpu()) for k, v in trainer_weights(model)]
-                self.llm.apply_model(lambda m: m.load_weights(weights))
+                try:
+                    self.llm.apply_model(lambda m: m.load_weights(weights))
+                except Exception as err:              # raised in the engine's worker, maybe re-wrapped
+                    if "weight_loader" not in str(err):
+                        raise
+                    self._reload(model, cause=err)
+                    self.reload_mode = True
             else:
                 raise UserError("cannot reach vLLM's model to load weights into it: this vLLM version is not "
                                 "supported (set VLLM_ENABLE_V1_MULTIPROCESSING=0, or use --engine hf)")
