@@ -30,7 +30,7 @@ def measure(method: str, overrides: list[str], steps: int, model: str) -> dict:
 
     import vpd_bench.rollout.scoring as S
     original = S.response_logits
-    acc = {"unshared": 0.0, "shared": 0.0, "calls": 0, "calls_prefix": 0, "extra": 0.0, "prompt_tokens": 0,
+    acc = {"unshared": 0.0, "shared": 0.0, "calls_prefix": 0, "extra": 0.0, "prompt_tokens": 0,
            "saved_tokens": 0}
 
     real_prefixes = S._shared_prefixes
@@ -52,29 +52,18 @@ def measure(method: str, overrides: list[str], steps: int, model: str) -> dict:
         finally:
             S._shared_prefixes = real_prefixes
 
-    def takes_prefix_path(packed):
-        prefixes = real_prefixes(packed)
-        if prefixes is None:
-            return None
-        shared = S._shared_prompts(packed)
-        if shared is not None and S._prefix_saving(prefixes) <= S._identical_saving(packed, shared):
-            return None
-        return prefixes
-
     def timed(model_, packed, *args, **kwargs):
         if kwargs.get("share_prompts", True):
-            prefixes = takes_prefix_path(packed)
+            prefixes = S.sharing_plan(packed)[1]
             if prefixes is not None:                     # a pass that takes the prefix path
                 t0 = time.perf_counter()
                 order = (False, True) if acc["calls_prefix"] % 2 == 0 else (True, False)
                 for share in order:
                     acc["shared" if share else "unshared"] += one(model_, packed, args, kwargs, share)
                 acc["calls_prefix"] += 1
-                prompts, group_of, lengths = prefixes
-                acc["prompt_tokens"] += sum(len(p) for p in prompts)
-                acc["saved_tokens"] += sum((group_of.count(g) - 1) * L for g, L in enumerate(lengths))
+                acc["prompt_tokens"] += sum(len(p) for p in prefixes[0])
+                acc["saved_tokens"] += S._prefix_saving(prefixes)
                 acc["extra"] += time.perf_counter() - t0
-        acc["calls"] += 1
         return original(model_, packed, *args, **kwargs)
 
     import tempfile

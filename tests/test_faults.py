@@ -1,6 +1,7 @@
 """Runs that survive damage (issue 14 §2): checksummed checkpoints, logs rebuilt from the checkpoint,
 a full disk as a clear error, a failing verifier scored as an error."""
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -146,27 +147,33 @@ def test_a_lora_checkpoint_holds_a_peft_adapter_folder_and_resumes(tmp_path):
     assert steps_logged(the_run(tmp_path)) == [1, 2, 3]
 
 
-def test_a_run_being_written_by_another_process_is_refused_naming_it(tmp_path, capsys):
-    """Two processes resuming one run folder would interleave its files: the second is refused with
-    the first's pid, and the lock goes when its holder ends (here: a child that holds it, then exits)."""
+@contextmanager
+def lock_held_by_a_child(run_dir):
+    """A child process that holds the run folder's lock until the block ends (then it exits)."""
     import subprocess
     import sys
-
-    from vpd_bench.launch.sweep import RunLock, run_holder
-    d = the_run(tmp_path)
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from vpd_bench.launch.sweep import RunLock\n"
-        f"with RunLock(Path({str(d)!r})):\n    print('held', flush=True); sys.stdin.readline()")],
+        "import sys; from pathlib import Path; from vpd_bench.launch.sweep import RunLock\n"
+        f"with RunLock(Path({str(run_dir)!r})):\n    print('held', flush=True); sys.stdin.readline()")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.communicate("\n", timeout=60)
+
+
+def test_a_run_being_written_by_another_process_is_refused_naming_it(tmp_path, capsys):
+    """Two processes resuming one run folder would interleave its files: the second is refused with
+    the first's pid, and the lock goes when its holder ends (here: a child that holds it, then exits)."""
+    from vpd_bench.launch.sweep import RunLock, run_holder
+    d = the_run(tmp_path)
+    with lock_held_by_a_child(d) as holder:
         assert run_holder(d) == holder.pid
         assert run(tmp_path, "--steps", "2") == 2
         err = capsys.readouterr().err
         assert f"pid {holder.pid}" in err and "being written by another process" in err
         assert not (d / "metrics.jsonl").exists()                   # nothing of the run was touched
-    finally:
-        holder.communicate("\n", timeout=60)
     assert run_holder(d) is None                                    # released when the holder ended
     assert run(tmp_path, "--steps", "2") == 0
     assert run_holder(d) is None                                    # and by a run that finished
@@ -175,25 +182,15 @@ def test_a_run_being_written_by_another_process_is_refused_naming_it(tmp_path, c
 
 
 def test_a_sweep_leaves_a_run_another_process_is_writing_and_counts_it_failed(tmp_path, caplog):
-    import subprocess
-    import sys
-
     from vpd_bench.launch.sweep import RunSpec, run_local
     spec = RunSpec(method="grpo", task="debug", feedback=None, seed=0, model="tiny-random",
                    overrides=["train.steps=1", *TINY], out=str(tmp_path))
     d = spec.run_dir()
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys; from pathlib import Path; from vpd_bench.launch.sweep import RunLock\n"
-        f"with RunLock(Path({str(d)!r})):\n    print('held', flush=True); sys.stdin.readline()")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_by_a_child(d) as holder:
         with caplog.at_level("ERROR", logger="vpd_bench"):
             assert run_local([spec, spec], jobs=2) == 2
         assert f"another process (pid {holder.pid}) is writing it" in caplog.text
         assert not (d / "stdout.log").exists()                      # no subprocess was started on it
-    finally:
-        holder.communicate("\n", timeout=60)
 
 
 def test_only_rank_zero_of_a_multi_process_launch_takes_the_run_lock(tmp_path, monkeypatch):

@@ -178,8 +178,9 @@ class RunLock:
             import fcntl
         except ImportError:                      # pragma: no cover - not POSIX
             return self
-        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and int(os.environ.get("RANK", "0") or 0) != 0:
-            return self                          # a follower rank (training/distributed.py): never writes
+        from vpd_bench.training.distributed import is_follower_rank
+        if is_follower_rank():
+            return self                          # it only reads the run that rank 0 writes
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

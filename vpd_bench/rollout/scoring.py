@@ -137,6 +137,20 @@ def _identical_saving(packed: Packed, shared) -> int:
     return int(lengths.sum() - lengths.index_select(0, rep).sum())
 
 
+def sharing_plan(packed: Packed):
+    """(identical-prompt plan, shared-prefix plan), at most one of them not None: how
+    ``response_logits`` shares prompt work for this batch. Where both apply (e.g. a teacher
+    micro-batch where two rows got the same feedback and the rest differ only at the end), the
+    one that runs fewer prompt tokens."""
+    shared, prefixes = _shared_prompts(packed), _shared_prefixes(packed)
+    if shared is not None and prefixes is not None:
+        if _prefix_saving(prefixes) > _identical_saving(packed, shared):
+            shared = None
+        else:
+            prefixes = None
+    return shared, prefixes
+
+
 def _shared_prefix_logits(model, packed: Packed, prompts, group_of, lengths, cache_kw: str):
     """Response logits with each group's common prefix run once: the prefix pass (with grad, when
     grad is on) gives a KV cache that is expanded to the group's rows; then each row runs the rest
@@ -256,15 +270,7 @@ def response_logits(model, packed: Packed, temperature: float = 1.0, bf16_autoca
     keep = "logits_to_keep" in params
     device_type = packed.input_ids.device.type
     ctx = torch.autocast(device_type, dtype=torch.bfloat16) if bf16_autocast else nullcontext()
-    shared = _shared_prompts(packed) if share_prompts and keep else None
-    prefixes = _shared_prefixes(packed) if share_prompts and keep else None
-    if shared is not None and prefixes is not None:
-        # both apply (e.g. a teacher micro-batch where two rows got the same feedback and the
-        # rest differ only at the end): take the one that runs fewer prompt tokens
-        if _prefix_saving(prefixes) > _identical_saving(packed, shared):
-            shared = None
-        else:
-            prefixes = None
+    shared, prefixes = sharing_plan(packed) if share_prompts and keep else (None, None)
     cache_kw = "cache" if "cache" in params else "past_key_values"
     if shared is not None:
         with ctx:

