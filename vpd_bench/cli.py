@@ -392,10 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/probe/<task>)")
     pr.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. rollout.max_new_tokens=96")
     r = sub.add_parser("report", help="leaderboard, plots and HTML page from a runs folder",
-                       description="Write leaderboard.md, leaderboard.csv, report.html and figures/ for every run "
-                                   "under RUNS_DIR: initial and final held-out scores, the paired change with a 95% "
-                                   "interval, a paired comparison against a baseline method, and the smallest "
-                                   "difference the evaluation can detect.")
+                       description="Write leaderboard.md, leaderboard.csv, claims.md/.csv (the paper's claims "
+                                   "marked), report.html and figures/ for every run under RUNS_DIR: initial and "
+                                   "final held-out scores, the paired change with a 95% interval, a paired "
+                                   "comparison against a baseline method, and the smallest difference the "
+                                   "evaluation can detect.")
     r.add_argument("runs_dir", metavar="RUNS_DIR",
                    help="folder `vpd-bench run` wrote to (<task>/<method>/<feedback>/seed<k>/ below it), "
                         "any level of that tree, or one run folder")

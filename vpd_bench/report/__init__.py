@@ -6,7 +6,8 @@ evaluation) and ``results.json``; ``vpd_bench.evaluation.results`` defines and r
 (``load_run``, ``load_runs``). Any of these files may be missing or damaged: such runs are loaded,
 flagged and reported, never a reason to stop.
 
-Modules: ``leaderboard`` (per-run numbers, paired intervals, tables), ``figures``, ``html``
+Modules: ``leaderboard`` (per-run numbers, paired intervals, tables), ``claims`` (the paper's claims
+marked holds / does not hold / not testable), ``figures``, ``html``
 (``write_report``: the page, the figure files and the CSV), ``summary`` (the table at the end of
 ``vpd-bench run``). The names below are the public entry points:
 

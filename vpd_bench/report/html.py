@@ -17,6 +17,7 @@ from vpd_bench.report.leaderboard import (
     _mde_lines, _now, _stats_explanation, _table_cells, _table_header, _winners, build_leaderboard,
     check_metric, leaderboard_markdown, provenance, summarize_run, write_leaderboard_csv)
 from vpd_bench.evaluation.results import load_runs
+from vpd_bench.report.claims import CLAIM_HEADER, RULE, claim_cells, claims_markdown, evaluate_claims, write_claims_csv
 
 READING_GUIDE = """\
 <ul>
@@ -117,7 +118,8 @@ def _caption(kind: str, metric: str) -> str:
 def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, metric: str = DEFAULT_METRIC,
                  budget_steps: int | None = None, budget_wall_s: float | None = None,
                  baseline: str | None = "grpo") -> dict[str, Path]:
-    """Write leaderboard.md, leaderboard.csv, report.html and figures/<name>.{png,svg} to out_dir.
+    """Write leaderboard.md, leaderboard.csv, claims.md, claims.csv (``report.claims``), report.html and
+    figures/<name>.{png,svg} to out_dir.
 
     Figures: score_vs_step, score_vs_wall, score_vs_tokens, final_scores, feedback_ablation, train_reward and one
     health_<task>_<feedback> per panel; one with no data is not written (report.html says why),
@@ -190,15 +192,23 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, metric
                 and re.match(r"(score_vs_step|score_vs_wall|score_vs_tokens|final_scores|feedback_ablation|train_reward|health_|teacher_probe)", stale.name)):
             stale.unlink()
 
+    claims = evaluate_claims(runs, metric)
+    claims_md = out_dir / "claims.md"
+    claims_md.write_text(claims_markdown(claims, metric))
+    written["claims.md"] = claims_md
+    claims_csv = out_dir / "claims.csv"
+    write_claims_csv(claims, claims_csv)
+    written["claims.csv"] = claims_csv
+
     html_path = out_dir / "report.html"
     html_path.write_text(_render_html(runs, rows, figures, notes, metric, budget_steps, budget_wall_s,
-                                      generated, Path(runs_dir), baseline))
+                                      generated, Path(runs_dir), baseline, claims))
     written["report.html"] = html_path
     return written
 
 
 def _render_html(runs, rows, figures, notes, metric, budget_steps, budget_wall_s, generated, runs_dir,
-                 baseline: str | None = "grpo") -> str:
+                 baseline: str | None = "grpo", claims: list[dict] | None = None) -> str:
     n_partial = sum(r.is_partial for r in runs)
     n_no_eval = sum(not r.has_eval for r in runs)
     problems = [w for r in runs for w in r.warnings]
@@ -231,6 +241,8 @@ def _render_html(runs, rows, figures, notes, metric, budget_steps, budget_wall_s
         if r.is_partial or not r.has_eval:
             run_lines[i + 1] = run_lines[i + 1].replace("<tr>", '<tr class="partial">', 1)
     runs_table = "\n".join(run_lines)
+
+    claims_table = _html_table(CLAIM_HEADER, [claim_cells(c) for c in claims or []], numeric={3, 4, 5})
 
     fig_html = []
     for stem, title, png, caption in figures:
@@ -265,6 +277,9 @@ Baseline: <code>{html.escape(baseline or "none")}</code>.
 <h2>Leaderboard</h2>
 <p class="meta">Initial / final: mean &plusmn; standard error over seeds. Seeds = runs with a score / runs in the cell. {html.escape(_stats_explanation(baseline))} &dagger; and shading: includes partial runs. Also in <code>leaderboard.md</code> and <code>leaderboard.csv</code>.</p>
 {board}
+<h2>The paper's claims</h2>
+<p class="meta">Each claim is a paired difference, positive when it goes the way the paper says, matched by seed (and by held-out problem where the runs have per-problem samples). {html.escape(RULE)} Also in <code>claims.md</code> and <code>claims.csv</code>.</p>
+{claims_table}
 <h2>Figures</h2>
 {''.join(fig_html) or '<p class="note">No figure could be drawn.</p>'}
 <h2>Figures and panels left out</h2>
