@@ -1,6 +1,7 @@
 """Runs that survive damage (issue 14 §2): checksummed checkpoints, logs rebuilt from the checkpoint,
 a full disk as a clear error, a failing verifier scored as an error."""
 import json
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -210,3 +211,24 @@ def test_only_rank_zero_of_a_multi_process_launch_takes_the_run_lock(tmp_path, m
         with pytest.raises(Exception, match="being written by another process"):
             with RunLock(d):                   # a second single-process writer still is refused
                 pass
+
+
+def test_a_run_killed_by_sigkill_is_reported_with_the_out_of_memory_hint(tmp_path, caplog, monkeypatch):
+    """A run the kernel's out-of-memory killer ends leaves no traceback: the sweep must say what
+    SIGKILL usually means and what to lower, not only an exit code."""
+    import subprocess
+    from vpd_bench.launch import sweep
+    from vpd_bench.launch.sweep import RunSpec, exit_reason, run_local
+    real_popen = subprocess.Popen
+
+    def killed(cmd, **kw):          # the run process dies of SIGKILL as an OOM-killed one does
+        return real_popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], **kw)
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", killed)
+    specs = [RunSpec(method="grpo", task="debug", feedback=None, seed=s, model="tiny-random",
+                     overrides=["train.steps=1", *TINY], out=str(tmp_path)) for s in (0, 1)]
+    with caplog.at_level("ERROR", logger="vpd_bench"):
+        assert run_local(specs, jobs=2) == 2
+    assert "killed by SIGKILL" in caplog.text and "out-of-memory" in caplog.text
+    assert "train.micro_batch_size" in caplog.text and "resumes it" in caplog.text
+    assert exit_reason(3) == "exit 3" and exit_reason(-15) == "killed by SIGTERM"

@@ -146,6 +146,23 @@ def expand(methods, tasks, feedbacks, seeds, model=None, preset=None, engine=Non
     return specs
 
 
+def exit_reason(returncode: int) -> str:
+    """Why a run process ended, in words: a negative code is the signal that killed it. SIGKILL
+    leaves no traceback in the run's log; on Linux it most often comes from the out-of-memory
+    killer, so the message says where to look and what to lower."""
+    if returncode >= 0:
+        return f"exit {returncode}"
+    import signal
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    if -returncode == signal.SIGKILL:
+        return (f"killed by {name}, most often the kernel's out-of-memory killer (see `dmesg`): lower "
+                "train.micro_batch_size, run fewer --jobs, or free memory")
+    return f"killed by {name}"
+
+
 def run_status(run_dir: Path, steps: int | None = None) -> str:
     """new | partial | complete (complete: results.json says so and covers the requested steps)."""
     res = run_dir / RESULTS_FILE
@@ -308,8 +325,8 @@ def run_local(specs: list[RunSpec], jobs: int | str = "auto", resume: bool = Tru
                 running.remove(item)
                 if proc.returncode != 0:
                     failures += 1
-                    log.error("run %s failed (exit %d): see %s", spec.run_dir(), proc.returncode,
-                              spec.run_dir() / "stdout.log")
+                    log.error("run %s failed (%s): see %s; re-running the sweep resumes it from its last "
+                              "checkpoint", spec.run_dir(), exit_reason(proc.returncode), spec.run_dir() / "stdout.log")
         if running:
             import time
             time.sleep(0.5)
