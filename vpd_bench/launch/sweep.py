@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -152,7 +153,6 @@ def exit_reason(returncode: int) -> str:
     killer, so the message says where to look and what to lower."""
     if returncode >= 0:
         return f"exit {returncode}"
-    import signal
     try:
         name = signal.Signals(-returncode).name
     except ValueError:

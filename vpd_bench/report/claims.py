@@ -28,8 +28,8 @@ from typing import Any
 
 from vpd_bench.evaluation.results import FEEDBACK_FREE, TASK_ORDER, RunRecord, _as_float, _order
 from vpd_bench.evaluation.stats import t_interval
-from vpd_bench.report.leaderboard import (CI_NONE, DEFAULT_METRIC, HEADLINE_FEEDBACK, _sample_metric, paired_change,
-                                          summarize_run)
+from vpd_bench.report.leaderboard import (CI_NONE, DEFAULT_METRIC, HEADLINE_FEEDBACK, _per_seed, _sample_metric,
+                                          paired_change, summarize_run)
 
 HOLDS, FAILS, UNTESTABLE = "holds", "does not hold", "not testable at this scale"
 
@@ -153,26 +153,21 @@ def _label(method: str, variant: dict) -> str:
 def _seed_scores(members: list[RunRecord], metric: str, at: str = "final") -> dict[Any, tuple[float, dict | None]]:
     """{seed: (score, per-problem scores or None)} at the run's ``final``, ``initial`` (step 0) or
     ``middle`` evaluation (the one nearest half the final step, neither the first nor the last)."""
+    summaries = [summarize_run(run, metric) for run in members]
+    if at != "middle":                    # the leaderboard's own per-seed table
+        i = 0 if at == "initial" else 1
+        return {k: (v[i], v[i + 2]) for k, v in _per_seed(members, summaries, metric).items() if v[i] is not None}
     out = {}
-    for i, run in enumerate(members):
-        s = summarize_run(run, metric)
-        if s["final"] is None:
+    for i, (run, s) in enumerate(zip(members, summaries)):
+        inner = [e for e in run.eval_history if s["final"] is not None and 0 < e["step"] < s["final_step"]]
+        if not inner:
             continue
-        key = run.seed if run.seed is not None else f"run{i}"
-        if at == "final":
-            step, value = s["final_step"], s["final"]
-        elif at == "initial":
-            step, value = 0, s["initial"]
-        else:
-            inner = [e for e in run.eval_history if 0 < e["step"] < s["final_step"]]
-            if not inner:
-                continue
-            entry = min(inner, key=lambda e: (abs(e["step"] - s["final_step"] / 2), e["step"]))
-            step, value = entry["step"], _as_float(entry["metrics"].get(s["metric_used"]))
+        entry = min(inner, key=lambda e: (abs(e["step"] - s["final_step"] / 2), e["step"]))
+        value = _as_float(entry["metrics"].get(s["metric_used"]))
         if value is None:
             continue
         sm = _sample_metric(metric, s["metric_used"])
-        out[key] = (value, run.problem_scores(sm, step) if sm else None)
+        out[run.seed if run.seed is not None else f"run{i}"] = (value, run.problem_scores(sm, entry["step"]) if sm else None)
     return out
 
 
@@ -214,27 +209,23 @@ def _compare(claim, groups, task, metric, better, worse, better_variant=None, wo
     return _row(claim, task, feedback, comparison, est, lo, hi, how, n)
 
 
-def _probe_change(run: RunRecord) -> float | None:
-    """The teacher probe's log-ratio at the run's last probe minus at its first (step 0)."""
-    from vpd_bench.report.figures import _probe_runs
-    probe = _probe_runs([run])
-    if not probe:
+def _probe_change(series: list[dict] | None) -> float | None:
+    """The teacher probe's log-ratio at a run's last probe minus at its first (step 0)."""
+    points = [(row.get("step"), _as_float(row.get("probe_logratio"))) for row in series or []]
+    points = [(s, v) for s, v in points if s is not None and v is not None]
+    if len(points) < 2 or points[0][0] != 0:
         return None
-    series = [(row.get("step"), _as_float(row.get("probe_logratio"))) for row in probe[0].train_metrics]
-    series = [(s, v) for s, v in series if s is not None and v is not None]
-    if len(series) < 2 or series[0][0] != 0:
-        return None
-    return series[-1][1] - series[0][1]
+    return points[-1][1] - points[0][1]
 
 
-def _teacher_grows(claim, groups, task) -> dict:
+def _teacher_grows(claim, groups, task, probes: dict) -> dict:
     comparison = "probe log-ratio change (last \u2212 first): vpd, and vpd \u2212 sdpo"
     fb_v, runs_v = _side(groups, task, "vpd")
     fb_s, runs_s = _side(groups, task, "sdpo", fb_v)
     if not runs_v or not runs_s:
         return _missing(claim, task, comparison, "vpd" if not runs_v else f"sdpo ({fb_v})")
-    change_v = {r.seed: c for r in runs_v if (c := _probe_change(r)) is not None}
-    change_s = {r.seed: c for r in runs_s if (c := _probe_change(r)) is not None}
+    change_v = {r.seed: c for r in runs_v if (c := _probe_change(probes.get(r.run_dir))) is not None}
+    change_s = {r.seed: c for r in runs_s if (c := _probe_change(probes.get(r.run_dir))) is not None}
     seeds = sorted(set(change_v) & set(change_s), key=str)
     diffs = [change_v[s] - change_s[s] for s in seeds]
     est, lo, hi = t_interval(diffs) if len(diffs) >= 2 else (sum(diffs) / len(diffs) if diffs else math.nan,
@@ -270,7 +261,9 @@ def evaluate_claims(runs: list[RunRecord], metric: str = DEFAULT_METRIC) -> list
     """One row per claim and task where the claim can be asked (columns ``CLAIM_COLUMNS`` plus the
     claim's ``text`` and ``paper``). A claim with no runs on either side in any task gets one
     *not testable* row so the table always lists every claim."""
+    from vpd_bench.report.figures import _probe_runs
     groups = _groups(runs)
+    probes = {r.run_dir: r.train_metrics for r in _probe_runs(runs)}     # teacher_probe.jsonl, read once
     tasks = sorted({r.task for r in runs}, key=lambda t: _order(t, TASK_ORDER))
     c = CLAIM_BY_KEY
     rows: list[dict] = []
@@ -287,7 +280,7 @@ def evaluate_claims(runs: list[RunRecord], metric: str = DEFAULT_METRIC) -> list
         if not cold and present(task, "vpd") and (present(task, "grpo") or present(task, "sdpo")):
             rows.append(_compare(c["vpd_vs_grpo"], groups, task, metric, "vpd", "grpo"))
             rows.append(_compare(c["vpd_vs_sdpo"], groups, task, metric, "vpd", "sdpo"))
-            rows.append(_teacher_grows(c["teacher_grows"], groups, task))
+            rows.append(_teacher_grows(c["teacher_grows"], groups, task, probes))
         if not cold and present(task, "sdpo"):
             rows.append(_late_decline(c["sdpo_late_decline"], groups, task, metric))
             if present(task, "grpo"):
