@@ -12,7 +12,7 @@ import pytest
 from vpd_bench.cli import _specs, main, parse
 from vpd_bench.config import compose, to_yaml
 from vpd_bench.errors import UserError
-from vpd_bench.launch.tune import (Point, choose, hold_out_validation, load_tuned, parse_grid, plan, preference)
+from vpd_bench.launch.tune import (Point, choose, chosen_yaml, hold_out_validation, load_tuned, parse_grid, plan, preference)
 
 SMALL = ["rollout.max_new_tokens=4", "train.prompts_per_step=1", "train.group_size=2", "eval.num_problems=2",
          "eval.samples=1", "eval.greedy=false"]
@@ -171,10 +171,16 @@ def test_choice_prefers_the_smaller_learning_rate_when_the_interval_contains_zer
     assert chosen["diff_vs_best"]["method"] in ("(best)", "bootstrap(seeds x problems)")
 
 
-def test_a_point_with_incomplete_runs_is_not_eligible(tmp_path):
-    res = choose(points_for(tmp_path, {"3e-6": 0.2, "1e-5": 0.9}, complete=("1e-5",)))
-    assert res["chosen"] == "lr=3e-6"
-    assert {p["label"]: p["eligible"] for p in res["points"]} == {"lr=3e-6": True, "lr=1e-5": False}
+def test_a_point_with_incomplete_runs_is_not_eligible_and_withholds_the_methods_choice(tmp_path):
+    res = choose(points_for(tmp_path, {"3e-6": 0.2, "1e-5": 0.9, "3e-5": 0.5}, complete=("1e-5",)))
+    assert {p["label"]: p["eligible"] for p in res["points"]} == {"lr=3e-6": True, "lr=1e-5": False,
+                                                                 "lr=3e-5": True}
+    # the same grid for every method: no choice until every point is complete, only a provisional one
+    assert res["chosen"] is None and res["chosen_overrides"] is None
+    assert res["provisional"] == "lr=3e-5" and res["provisional_overrides"] == ["train.lr=3e-5"]
+    assert "grid incomplete (2 of 3" in res["reason"] and "lr=1e-5" in res["reason"]
+    text = chosen_yaml({"task": "debug", "preset": None, "metric": "pass@1", "methods": {"grpo": res}})
+    assert "grpo:" not in text.replace("# grpo:", "") and "# grpo: no choice yet (grid incomplete" in text
 
 
 # -- the command end to end ----------------------------------------------------------------------

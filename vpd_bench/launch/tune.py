@@ -37,8 +37,10 @@ RULE = ("For each method, every grid point is scored by its validation {metric} 
         "from eval_samples.jsonl: a bootstrap over problems with one seed, over seeds x problems with more; "
         "a t-interval over seeds where per-problem samples are missing; with one seed and no samples only an "
         "equal mean ties). Among the best point and the points tied with it, the choice is the smallest "
-        "learning rate, then the first value of each other grid key in the order the grid lists it. Points "
-        "whose runs did not reach the final step are not eligible.")
+        "learning rate, then the first value of each other grid key in the order the grid lists it. A method "
+        "gets a choice only when every point of its grid has complete runs that reached the final step (the "
+        "same grid for every method); until then the table names a provisional choice among the complete "
+        "points and chosen.yaml has none for it.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,6 +275,14 @@ def choose(points: list[Point], metric: str = "pass@1") -> dict:
         out["reason"] = (f"ties with the best point {best['label']} ({best['final_mean']:.3f}; this one "
                          f"{chosen['final_mean']:.3f}, difference interval contains 0) and is preferred "
                          f"(smaller learning rate / earlier grid value)")
+    missing = [r["label"] for r in rows if not r["eligible"]]
+    if missing:
+        # the same grid for every method: a choice among part of it is not made, only shown
+        out.update(provisional=out.pop("chosen"), provisional_overrides=out.pop("chosen_overrides"),
+                   chosen=None, chosen_overrides=None)
+        out["reason"] = (f"grid incomplete ({len(rows) - len(missing)} of {len(rows)} points complete; waiting for "
+                         f"{', '.join(missing)}); provisional choice among the complete points: "
+                         f"{out['provisional']} ({out['reason']})")
     return out
 
 
@@ -324,7 +334,8 @@ def markdown(result: dict) -> str:
         lines += ["| " + " | ".join(header) + " |", "|---|---:|" + "---:|" * (len(steps) + 2) + "---|"]
         for p in m["points"]:
             vs = _fmt_diff(p.get("diff_vs_best"), p.get("why_not", "n/a"))
-            mark = "**chosen**" if p["label"] == m["chosen"] else ("tie" if p.get("tied") else "")
+            mark = ("**chosen**" if p["label"] == m["chosen"] else "provisional" if p["label"] == m.get("provisional")
+                    else "tie" if p.get("tied") else "")
             cells = [p["label"], f"{p['n_seeds']}/{p['expected_seeds']}"] + [_f(p["curve"].get(str(s))) for s in steps]
             cells += [f"{_f(p['final_mean'])} ± {_f(p['final_stderr'])}" if not math.isnan(p["final_stderr"])
                       else _f(p["final_mean"]), vs, mark]
