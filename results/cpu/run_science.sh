@@ -3,10 +3,14 @@
 # and resumes partial ones from their checkpoints, so re-running this script after a session ends
 # picks up where it stopped. Stages, in order:
 #   1. tuning (issue 18 §1): grpo, sdpo, sdft, vpd at train.lr in {3e-6, 1e-5, 3e-5}, one seed each,
-#      chosen on the validation split -> results/cpu/tuning/chosen.yaml. Runs from the worktree
-#      given as TUNE_TREE (default /work/sweep2, a detached checkout at f9bb08c with its own .venv;
-#      the first seven grid points ran at bb37788 from /work/sweep) so that commits to this
-#      checkout cannot reach runs in flight; without that worktree, from here.
+#      chosen on the validation split -> results/cpu/tuning/chosen.yaml (a method gets a choice only
+#      once its whole grid is complete). Runs from the worktree given as TUNE_TREE when it exists (a
+#      detached checkout with its own .venv, so that commits to this checkout cannot reach runs in
+#      flight), else from here.
+#   NOTE: only git survives the end of a session on this project's machine (a new session starts
+#   from a fresh clone): a run that does not complete within one session (about 170 minutes) is
+#   lost, checkpoints and all. The cpu preset's VPD runs take 3-5 h on 2 cores (their E-steps are
+#   two thirds of it), so they complete only on a machine that stays up (or a GPU; docs/scaling.md).
 #   2. the comparison (issue 13 §2 and §4): the cpu_comparison sweep at the chosen values, SEEDS
 #      seeds (default 3 first, then 5: seeds run seed-major, so 3 complete seeds come before any
 #      fourth). Its GRPO rows are the positive control.
@@ -21,14 +25,15 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 SEEDS=${SEEDS:-3}
 STAGES=${STAGES:-"1 2 3 4"}
-TUNE_TREE=${TUNE_TREE:-/work/sweep2}
+TUNE_TREE=${TUNE_TREE:-}
 LOG=results/cpu/run_science.log
 say() { echo "$(date '+%F %T') $*" | tee -a "$LOG"; }
 want() { case " $STAGES " in *" $1 "*) return 0;; esac; return 1; }
 CHOSEN=results/cpu/tuning/chosen.yaml
 
-if want 1 && [ ! -f "$CHOSEN" ]; then
-  tree=$ROOT; [ -d "$TUNE_TREE/.git" ] || [ -f "$TUNE_TREE/.git" ] && tree=$TUNE_TREE
+if want 1 && { [ ! -f "$CHOSEN" ] || grep -q "no choice yet" "$CHOSEN"; }; then      # a method still waits for its grid
+  tree=$ROOT
+  if [ -n "$TUNE_TREE" ] && { [ -d "$TUNE_TREE/.git" ] || [ -f "$TUNE_TREE/.git" ]; }; then tree=$TUNE_TREE; fi
   say "stage 1: tuning in $tree"
   py=python; [ -x "$tree/.venv/bin/python" ] && py="$tree/.venv/bin/python"    # the tree's own code
   (cd "$tree" && OMP_NUM_THREADS=1 "$py" -m vpd_bench tune --methods grpo,sdpo,sdft,vpd --task math --preset cpu --feedback env+sibling \
