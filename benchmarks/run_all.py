@@ -20,7 +20,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _common as C  # noqa: E402
-ORDER = ["rollout", "grpo_vs_trl", "vpd_cost", "scoring", "prefix_sharing", "scaling", "sweep_throughput"]
+ORDER = ["rollout", "grpo_vs_trl", "vpd_cost", "scoring", "prefix_sharing", "estep_batching", "scaling",
+         "sweep_throughput"]
 LINE = re.compile(r"^(?P<name>[A-Za-z0-9_]+): (?P<value>[-+0-9.eE]+|nan) \(target (?P<target>[^)]*)\)\s*$")
 
 

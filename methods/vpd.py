@@ -318,30 +318,56 @@ class VPD(SDPO):
     # Two hooks that multi-process training replaces (vpd_bench/training/distributed.py): which E-step
     # micro-batches this process runs, and summing a statistic over processes.
     def _estep_micro_batches(self, items) -> list[list[int]]:
-        return self._token_budget_batches(items, int(self.trainer.cfg.train.micro_batch_size))
+        return self._token_budget_batches(items, int(self.trainer.cfg.train.micro_batch_size),
+                                          by_group=self.mcfg.get("estep_batching", "group") == "group")
 
     @staticmethod
     def _global_sum(values: list[float]) -> list[float]:
         return values
 
     @staticmethod
-    def _token_budget_batches(items, micro_batch_size: int) -> list[list[int]]:
+    def _token_budget_batches(items, micro_batch_size: int, by_group: bool = False) -> list[list[int]]:
         """E-step micro-batches holding no more padded tokens than an M-step micro-batch of the
         same responses: teacher prompts are longer than student prompts, so a plain count of
-        rows would raise peak memory above the M-step's (benchmarks/README.md). Rows are taken
-        shortest first, so that each micro-batch pads little."""
+        rows would raise peak memory above the M-step's (benchmarks/README.md).
+
+        ``by_group=False`` (``method.estep_batching=length``): rows are taken shortest first across
+        the whole buffer, so that each micro-batch pads little. ``by_group=True`` (``group``, the
+        default): the rows of one group (the same student prompt, i.e. the same problem and
+        iteration's samples) stay together, groups taken shortest first, and a micro-batch holds
+        whole groups wherever they fit. The teacher prompts of a group share the problem and the
+        demonstration, so ``response_logits`` runs that common prefix once (and the prior pass
+        runs the group's identical student prompt once), where rows of different problems share
+        only the system prompt. Same rows, same budget, same loss up to float rounding (the
+        E-step's class means are over the whole buffer); fewer tokens through the model."""
+        if not items:
+            return []
         student_len = max(len(it["prompt"]) + len(it["response"]) for it in items)
         budget = micro_batch_size * student_len
+
+        def width(j):
+            return len(items[j]["teacher_prompt"]) + len(items[j]["response"])
+
+        if by_group:
+            groups: dict[tuple, list[int]] = {}
+            for j in range(len(items)):
+                groups.setdefault(tuple(items[j]["prompt"]), []).append(j)
+            units = sorted((sorted(rows, key=width) for rows in groups.values()),
+                           key=lambda rows: (width(rows[-1]), rows[0]))
+        else:
+            units = [[j] for j in sorted(range(len(items)), key=width)]
         batches, current, widest = [], [], 0
-        # shortest first: rows of similar width share a micro-batch, which cuts padding
-        for i in sorted(range(len(items)), key=lambda j: len(items[j]["teacher_prompt"]) + len(items[j]["response"])):
-            it = items[i]
-            width = len(it["teacher_prompt"]) + len(it["response"])
-            if current and (len(current) + 1) * max(widest, width) > budget:
-                batches.append(current)
+        for unit in units:
+            unit_widest = max(width(j) for j in unit)
+            if current and (len(current) + len(unit)) * max(widest, unit_widest) > budget:
+                batches.append(current)         # the unit does not fit beside what is there: a new micro-batch
                 current, widest = [], 0
-            current.append(i)
-            widest = max(widest, width)
+            for j in unit:                      # a unit wider than the budget on its own is split in order
+                if current and (len(current) + 1) * max(widest, width(j)) > budget:
+                    batches.append(current)
+                    current, widest = [], 0
+                current.append(j)
+                widest = max(widest, width(j))
         return batches + [current] if current else batches
 
     @staticmethod

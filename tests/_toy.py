@@ -4,14 +4,15 @@ import torch
 from vpd_bench.rollout.batch import RolloutBatch
 
 
-def toy_batch(trainer, step=1, rewards=(1.0, 0.0, 1.0, 0.0), with_feedback=True, rollout_shift=None):
+def toy_batch(trainer, step=1, rewards=(1.0, 0.0, 1.0, 0.0), with_feedback=True, rollout_shift=None, problem=0):
     """A fixed batch: one prompt, four responses, two successes and two failures, each with its own
     feedback text; the successes read 'correct' feedback, the failures 'wrong'.
 
     ``rollout_shift(i, t)`` is added to the rollout log-prob of token t of response i, so that the
-    rollout policy differs from the student and importance weights are not all 1."""
+    rollout policy differs from the student and importance weights are not all 1. ``problem``: which
+    training problem (an index) the batch is about."""
     tok = trainer.tokenizer
-    prob = trainer.train_problems[0]
+    prob = trainer.train_problems[problem]
     prompt = trainer.encode_prompt(trainer.task.render_prompt(prob))
     texts = ["e tea", "xyz", "eel", "qqq"]
     b = RolloutBatch(step=step, group_size=4, problems=[prob], prompt_texts=[""], prompt_ids=[prompt])

@@ -389,6 +389,43 @@ def test_estep_loss_and_gradient_match_the_definition(make_trainer, monkeypatch,
     assert_close_gradients(got, want)
 
 
+def test_estep_batching_by_group_changes_no_number(make_trainer, monkeypatch):
+    """A window buffer of two problems' batches: the E-step with group-aligned micro-batches (the
+    default) gives the loss, delta and gradient of the one with length-ordered micro-batches."""
+    # micro-batch budget 12 x 72 student tokens: four of these ~197-token teacher rows
+    t = trainer_for(make_trainer, "vpd", ["method.estep_every=2", "method.beta=0.5", "train.micro_batch_size=12",
+                                          "method.estep_probe=0"])
+    for step, problem, rewards in ((1, 0, (1.0, 0.0, 1.0, 0.0)), (2, 2, (0.0, 1.0, 0.0, 0.0))):
+        batch = toy_batch(t, step=step, rewards=rewards, problem=problem)
+        t.build_teacher_context(batch)
+        t.method._remember(batch)
+    tokens = []
+    real_forward = t.model.forward
+
+    def counting_forward(*args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        tokens.append(int(ids.numel()) if ids is not None else int(kwargs["inputs_embeds"].shape[:2].numel()))
+        return real_forward(*args, **kwargs)
+    monkeypatch.setattr(t.model, "forward", counting_forward)
+    results = {}
+    for batching in ("length", "group"):
+        t.method.mcfg.estep_batching = batching
+        t.method.delta = 0.3
+        tokens.clear()
+        mbs = t.method._estep_micro_batches([it for its in t.method.buffer for it in its])
+        out, grad = run_estep_capturing_gradient(t, monkeypatch)
+        results[batching] = (out, grad, sum(tokens), mbs)
+    (lo, lg, ln, lm), (go, gg, gn, gm) = results["length"], results["group"]
+    items = [it for its in t.method.buffer for it in its]
+    assert all(len({tuple(items[i]["prompt"]) for i in mb}) == 1 for mb in gm)      # one problem per micro-batch
+    assert any(len({tuple(items[i]["prompt"]) for i in mb}) > 1 for mb in lm)       # the length order mixes them
+    assert go["estep_loss"] == pytest.approx(lo["estep_loss"], rel=1e-5, abs=1e-6)
+    assert go["delta"] == pytest.approx(lo["delta"], rel=1e-5, abs=1e-7)
+    assert_close_gradients(gg, lg)
+    assert gn > 0 and ln > 0        # (on these toy prompts, which differ in one letter, the token counts are alike;
+                                    # tests/test_methods.py counts them on prompts shaped like the math task's)
+
+
 @pytest.mark.parametrize("micro_batch", [1, 4])
 def test_lagged_delta_uses_the_previous_running_mean_and_moves_it_after(make_trainer, monkeypatch, micro_batch):
     """method.delta_timing=after_loss: the loss (and its gradient) is BCO's with the delta the

@@ -209,6 +209,63 @@ def test_grpo_with_kl_penalty_and_several_ppo_epochs(make_trainer):
     assert m["clip_frac"] is not None and m["loss"] == m["loss"]
 
 
+def test_estep_batches_by_group_keep_a_problems_rows_together_within_the_budget():
+    """method.estep_batching=group: rows with the same student prompt (one problem's samples) share a
+    micro-batch wherever the group fits, groups shortest first; the padded-token budget still holds."""
+    from vpd_bench.methods.vpd import VPD
+    # three problems (prompts a, b, c), rows interleaved in the buffer; teacher widths differ per row
+    spec = [("a", 30), ("b", 12), ("a", 34), ("c", 60), ("b", 10), ("a", 32), ("c", 58), ("b", 14)]
+    items = [{"prompt": [ord(p)] * 10, "response": [0] * 10, "teacher_prompt": [0] * n} for p, n in spec]
+    budget = 8 * 20
+    grouped = VPD._token_budget_batches(items, micro_batch_size=8, by_group=True)
+    assert sorted(i for b in grouped for i in b) == list(range(len(items)))
+    for b in grouped:
+        widest = max(len(items[i]["teacher_prompt"]) + len(items[i]["response"]) for i in b)
+        assert len(b) == 1 or len(b) * widest <= budget
+    # b (widths 20-24) then a (40-44) then c (68-70); a group that does not fit beside another starts
+    # a new micro-batch (b + a would be 6 x 44 > 160) and c alone (2 x 70 = 140) fits in one
+    assert grouped == [[4, 1, 7], [0, 5, 2], [6, 3]]
+    by_length = VPD._token_budget_batches(items, micro_batch_size=8, by_group=False)
+    assert any(len({items[i]["prompt"][0] for i in b}) > 1 for b in by_length)    # length order mixes problems
+    # a group wider than the budget on its own is split in order, never dropped
+    big = [{"prompt": [1] * 10, "response": [0] * 10, "teacher_prompt": [0] * 70} for _ in range(5)]
+    split = VPD._token_budget_batches(big, micro_batch_size=8, by_group=True)
+    assert split == [[0, 1], [2, 3], [4]]
+
+
+def test_estep_batches_by_group_run_fewer_tokens_on_prompts_shaped_like_the_math_tasks():
+    """Teacher prompts = system prompt, the problem and its demonstration, then each row's own
+    feedback: rows of one problem share far more than rows of different problems, so group-aligned
+    micro-batches run fewer positions through the model (``scoring.tokens_run``, the cost that
+    ``response_logits`` pays), for the prior's student prompts and for the teacher prompts alike."""
+    import random
+    from vpd_bench.methods.vpd import VPD
+    from vpd_bench.rollout.scoring import pack, tokens_run
+    rng = random.Random(0)
+    system = list(range(1, 25))                          # 24 tokens every prompt begins with
+    items = []
+    for step in range(5):                                # a window buffer: 5 iterations x 4 problems x 4 rows
+        for prob in range(4):
+            problem = [rng.randrange(100, 1000) for _ in range(20)]
+            demo = [rng.randrange(100, 1000) for _ in range(12)]
+            for row in range(4):
+                response = [rng.randrange(100, 1000) for _ in range(rng.randrange(8, 40))]
+                feedback = [rng.randrange(100, 1000) for _ in range(rng.randrange(3, 8))]
+                items.append({"prompt": system + problem, "response": response,
+                              "teacher_prompt": system + problem + demo + feedback})
+    rng.shuffle(items)
+
+    def cost(batches, key):
+        return sum(tokens_run(pack([items[i][key] for i in b], [items[i]["response"] for i in b], 0)) for b in batches)
+    grouped = VPD._token_budget_batches(items, micro_batch_size=8, by_group=True)
+    by_length = VPD._token_budget_batches(items, micro_batch_size=8, by_group=False)
+    assert cost(grouped, "teacher_prompt") < 0.85 * cost(by_length, "teacher_prompt")
+    assert cost(grouped, "prompt") < 0.95 * cost(by_length, "prompt")
+    # tokens_run itself: one shared prompt of 44 tokens + 4 rows x 9 response positions, against 4 full rows
+    four = pack([system + [7] * 20] * 4, [[5] * 10] * 4, 0)
+    assert tokens_run(four) == 44 + 4 * 9 and tokens_run(four, share_prompts=False) == 4 * (44 + 10)
+
+
 def test_estep_batches_respect_the_m_step_token_budget():
     from vpd_bench.methods.vpd import VPD
     items = [{"prompt": [0] * 10, "response": [0] * 10, "teacher_prompt": [0] * n} for n in (30, 30, 5, 70, 10)]

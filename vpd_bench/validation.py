@@ -126,6 +126,7 @@ RULES: dict[str, Rule] = {
     "method.estep_lr": number(0.0, nullable=True),
     "method.estep_epochs": integer(1),
     "method.estep_fused": flag,
+    "method.estep_batching": choice("group", "length"),
     "method.estep_fused_graph": choice("recompute", "keep"),
     "method.estep_probe": integer(0),
 }

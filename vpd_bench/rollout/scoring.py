@@ -151,6 +151,20 @@ def sharing_plan(packed: Packed):
     return shared, prefixes
 
 
+def tokens_run(packed: Packed, share_prompts: bool = True) -> int:
+    """Positions (padding included) that ``response_logits`` runs through the model for this batch,
+    given its sharing plan: the cost of scoring it, without a model (benchmarks and tests)."""
+    n, P, R = packed.input_ids.shape[0], packed.prompt_width, packed.response_ids.shape[1]
+    shared, prefixes = sharing_plan(packed) if share_prompts else (None, None)
+    if shared is not None:
+        return int(shared[0].numel()) * P + (n * (R - 1) if R > 1 else 0)
+    if prefixes is not None:
+        prompts, group_of, lengths = prefixes
+        width_rest = max(len(prompts[i]) - lengths[group_of[i]] for i in range(n))
+        return len(lengths) * max(1, max(lengths)) + n * (width_rest + R - 1)
+    return n * (P + R)
+
+
 def _shared_prefix_logits(model, packed: Packed, prompts, group_of, lengths, cache_kw: str):
     """Response logits with each group's common prefix run once: the prefix pass (with grad, when
     grad is on) gives a KV cache that is expanded to the group's rows; then each row runs the rest
