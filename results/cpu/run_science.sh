@@ -9,17 +9,17 @@
 #      flight), else from here.
 #   NOTE: only git survives the end of a session on this project's machine (a new session starts
 #   from a fresh clone): a run that does not complete within one session (about 170 minutes) is
-#   lost, checkpoints and all. The cpu preset's VPD runs take 3-5 h on 2 cores (their E-steps are
-#   two thirds of it), so they complete only on a machine that stays up (or a GPU; docs/scaling.md).
+#   lost, checkpoints and all. Measured in session 8 with two runs at a time on otherwise idle
+#   cores, a cpu-preset run takes about 20-25 min (GRPO, SDFT), ~35 min (SDPO) and ~50 min (VPD)
+#   including its three evaluations, so each fits in a session; start long stages early.
 #   2. the comparison (issue 13 §2 and §4): the cpu_comparison sweep at the chosen values, SEEDS
 #      seeds (default 3 first, then 5: seeds run seed-major, so 3 complete seeds come before any
 #      fourth). Its GRPO rows are the positive control.
 #   3. the report: results/cpu/report (leaderboard.csv, teacher_probe.csv, figures, HTML).
 #   4. ablations (issue 13 §5, issue 18 §2) at 3 seeds: the VPD prior, F, feedback sources, and
 #      the collapse controls. Each is long; STAGES limits what runs (e.g. STAGES="1 2 3").
-# Cost on the 2-core machine (benchmarks/README.md §3d): per run roughly 35 min GRPO, 75 min SDFT,
-# 105 min SDPO, 4 h VPD of training plus ~15 min of evaluation, two runs at a time; the
-# comparison at 3 seeds is about 13 h of wall-clock, at 5 seeds about 21 h.
+# Cost on the 2-core machine (results/cpu/README.md §0, session 8): per seed of the four methods
+# about 2.2 h of one core, so the comparison at 5 seeds is about 5.5 h of wall-clock with two jobs.
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
