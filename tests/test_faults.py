@@ -232,3 +232,28 @@ def test_a_run_killed_by_sigkill_is_reported_with_the_out_of_memory_hint(tmp_pat
     assert "killed by SIGKILL" in caplog.text and "out-of-memory" in caplog.text
     assert "train.micro_batch_size" in caplog.text and "resumes it" in caplog.text
     assert exit_reason(3) == "exit 3" and exit_reason(-15) == "killed by SIGTERM"
+
+
+def test_git_info_names_the_changed_tracked_files(tmp_path):
+    """A dirty tree is recorded with the paths that differ, so that a run made beside a rewritten
+    results table can be told from one made with changed code."""
+    import shutil
+    import subprocess
+
+    from vpd_bench.evaluation.results import git_info
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True,  # noqa: E731
+                                    env={**__import__("os").environ, **env})
+    run("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "table.md").write_text("| a |\n")
+    run("add", ".")
+    run("commit", "-qm", "init")
+    clean = git_info(tmp_path)
+    assert clean["dirty"] is False and "dirty_paths" not in clean and len(clean["revision"]) == 40
+    (tmp_path / "table.md").write_text("| b |\n")
+    (tmp_path / "new.txt").write_text("untracked files do not count\n")
+    dirty = git_info(tmp_path)
+    assert dirty["dirty"] is True and dirty["dirty_paths"] == ["table.md"]

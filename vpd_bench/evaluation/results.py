@@ -126,11 +126,18 @@ def git_info(cwd: str | os.PathLike | None = None) -> dict:
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                              timeout=5).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                                    capture_output=True, text=True, timeout=5).stdout.strip())
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                capture_output=True, text=True, timeout=5).stdout
+        # which tracked files differ from the revision (at most 20): a reader can tell changed code
+        # from, say, a tuning table rewritten in the same tree
+        paths = [line[3:] for line in status.splitlines() if line.strip()]
+        dirty = bool(paths)
     except (OSError, subprocess.SubprocessError):
-        rev, dirty = None, None
-    return {"revision": rev, "dirty": dirty}
+        rev, dirty, paths = None, None, []
+    info = {"revision": rev, "dirty": dirty}
+    if paths:
+        info["dirty_paths"] = paths[:20] + ([f"... and {len(paths) - 20} more"] if len(paths) > 20 else [])
+    return info
 
 
 def versions() -> dict[str, Any]:
