@@ -417,10 +417,17 @@ def parse_eval_row(row: dict, where: str) -> dict:
 _CHOICE_RE = r"\(?\s*([A-J])\s*\)?"
 
 
+def listed_options(text: str, labels) -> set[str]:
+    """The option labels that open a line of ``text`` as list items ("B. ...", "(B) ...", "B) ...")."""
+    return {m.group(1) for m in re.finditer(rf"(?m)^\s*\**{_CHOICE_RE}\s*[.:)]", text) if m.group(1) in labels}
+
+
 def extract_choice(text: str, labels, choices=None, mode: str = "lenient") -> str | None:
     """The option letter a response chooses, or None. Rules, first match wins: ``\\boxed{B}``
     (or the boxed text of an option); then, in lenient mode, "answer is (B)" / "Answer: B",
-    a line holding only the letter, a response opening with "B." / "(B)", "option B"."""
+    a line holding only the letter, a response opening with "B." / "(B)", "option B". A response
+    that lists two or more options line by line chooses only through a box, "answer is" or
+    "option B": its list items are not choices."""
     labels = [str(x) for x in labels]
     boxed = last_boxed(text)
     if boxed is not None:
@@ -440,6 +447,12 @@ def extract_choice(text: str, labels, choices=None, mode: str = "lenient") -> st
         rf"\A\s*{_CHOICE_RE}\s*[.:)](?:\s|$)",
         rf"\b(?i:option|choice)\s+{_CHOICE_RE}(?![A-Za-z])",
     ]
+    if len(listed_options(text, labels)) >= 2:
+        # The response restates the options ("A. X-ray\nB. Ultraviolet\n..."): a letter at the start
+        # of a line is then a list item, not a choice, so only an explicit answer or "option B" counts.
+        # Without this, listing the options read as choosing the first one (issue 19: GRPO on cpu_mc
+        # was paid for listing them).
+        patterns = [patterns[0], patterns[3]]
     for pattern in patterns:
         found = [m.group(1) for m in re.finditer(pattern, text) if m.group(1) in labels]
         if found:

@@ -123,6 +123,30 @@ def test_extracts_option_letters(response, letter):
     assert extract_choice(response, list("ABCD"), ["red", "green", "blue", "yellow"]) == letter
 
 
+@pytest.mark.parametrize("response, letter", [
+    # a restated option list is not a choice (before the fix: "A", the first list item)
+    ("A. X-ray\nB. Ultraviolet\nC. Visible\nD. Infrared", None),
+    ("A. red (C)\nB. green (D)", None),
+    ("  (A) red\n  (B) green\n  (C) blue", None),
+    ("A) red\nB) green\nC)\n", None),
+    # ... but an explicit answer, a box or "option B" after the list still is
+    ("A. X-ray\nB. Ultraviolet\nC. Visible\nD. Infrared\nThe correct answer is C. Visible.", "C"),
+    ("A. red\nB. green\n\\boxed{B}", "B"),
+    ("A. red\nB. green\nI pick option B", "B"),
+    # one option restated and then chosen stays a choice
+    ("B. green, because leaves reflect it", "B"),
+])
+def test_a_restated_option_list_is_not_a_choice(response, letter):
+    assert extract_choice(response, list("ABCD"), ["red", "green", "blue", "yellow"]) == letter
+
+
+def test_listing_the_options_is_a_format_failure_not_a_lucky_pass(offline):
+    problem = mc_problem("A")
+    verdict = offline.verify(problem, "A. red\nB. green\nC. blue\nD. yellow")
+    assert (verdict.reward, verdict.status) == (0.0, "format")
+    assert "\\boxed{}" in verdict.feedback
+
+
 def test_strict_choice_needs_a_box():
     assert extract_choice("Answer: B", list("ABCD"), mode="strict") is None
     assert extract_choice("\\boxed{B}", list("ABCD"), mode="strict") == "B"
