@@ -7,17 +7,18 @@
 #      once its whole grid is complete). Runs from the worktree given as TUNE_TREE when it exists (a
 #      detached checkout with its own .venv, so that commits to this checkout cannot reach runs in
 #      flight), else from here.
-#   NOTE: only git survives the end of a session on this project's machine (a new session starts
-#   from a fresh clone): a run that does not complete within one session (about 170 minutes) is
-#   lost, checkpoints and all. Measured in session 8 with two runs at a time on otherwise idle
+#   NOTE: count only on git surviving the end of a session on this project's machine: session 8
+#   started from a fresh clone (a run in flight was lost, checkpoints and all), session 9 found the
+#   previous session's worktree intact (runs with checkpoints resume from them). Measured in session 8 with two runs at a time on otherwise idle
 #   cores, a cpu-preset run takes about 20-25 min (GRPO, SDFT), ~35 min (SDPO) and ~50 min (VPD)
 #   including its three evaluations, so each fits in a session; start long stages early.
 #   2. the comparison (issue 13 §2 and §4): the cpu_comparison sweep at the chosen values, SEEDS
 #      seeds (default 3 first, then 5: seeds run seed-major, so 3 complete seeds come before any
 #      fourth). Its GRPO rows are the positive control.
 #   3. the report: results/cpu/report (leaderboard.csv, teacher_probe.csv, figures, HTML).
-#   4. ablations (issue 13 §5, issue 18 §2) at 3 seeds: the VPD prior, F, feedback sources, and
-#      the collapse controls. Each is long; STAGES limits what runs (e.g. STAGES="1 2 3").
+#   4. ablations (issue 13 §5, issue 18 §2) at 3 seeds: the distillers without the stop token in
+#      the divergence (cpu_distill_stop, the lead of session 9), the VPD prior, F, feedback sources,
+#      and the collapse controls. Each is long; STAGES limits what runs (e.g. STAGES="1 2 3").
 # Cost on the 2-core machine (results/cpu/README.md §0, session 8): per seed of the four methods
 # about 2.2 h of one core, so the comparison at 5 seeds is about 5.5 h of wall-clock with two jobs.
 set -u
@@ -56,7 +57,7 @@ if want 3; then
   vpd-bench report results/cpu/runs --out results/cpu/report >> "$LOG" 2>&1 || say "stage 3 FAILED (see $LOG)"
 fi
 if want 4; then
-  for sweep in cpu_vpd_prior cpu_vpd_estep_every cpu_feedback_sources; do
+  for sweep in cpu_distill_stop cpu_vpd_prior cpu_vpd_estep_every cpu_feedback_sources; do
     say "stage 4: $sweep"
     vpd-bench run --sweep "$sweep" --tuned "$CHOSEN" --jobs 2 >> "$LOG" 2>&1 \
       || say "stage 4: $sweep had failures (see $LOG)"
