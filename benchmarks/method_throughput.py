@@ -24,29 +24,23 @@ import statistics
 import sys
 from pathlib import Path
 
-import yaml
+from vpd_bench.errors import UserError
+from vpd_bench.evaluation.results import RunRecord, load_runs, read_jsonl
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def run_figures(run: Path) -> dict | None:
+def run_figures(run: RunRecord) -> dict | None:
     """One completed run's timings, or None when it is incomplete or carries no timings."""
-    if not (run / "results.json").exists():
+    steps = run.train_metrics
+    if run.is_partial or not steps or "step_time_s" not in steps[0]:
         return None
-    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    steps = read_jsonl(run / "metrics.jsonl")
-    if not steps or "step_time_s" not in steps[0]:
-        return None
-    per_step = int(cfg["train"]["prompts_per_step"]) * int(cfg["train"]["group_size"])
+    train = run.config.get("train") or {}
+    per_step = int(train["prompts_per_step"]) * int(train["group_size"])
     total = sum(s["step_time_s"] for s in steps)
-    evals = read_jsonl(run / "eval.jsonl")
+    path = run.run_dir / "eval.jsonl"         # its eval_time_s is not kept by load_runs
+    evals = read_jsonl(path, []) if path.exists() else []
     return {
-        "run": str(run),
-        "method": cfg["method"]["name"],
+        "run": str(run.run_dir),
+        "method": run.method,           # the folder's label: a variant such as sdpo[distill_stop=false] is its own row
         "steps": len(steps),
         "responses": per_step * len(steps),
         "train_min": total / 60,
@@ -86,10 +80,12 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the figures here")
     args = ap.parse_args(argv)
     root = Path(args.root)
-    if not root.is_dir():
-        print(f"error: {root} is not a folder of runs", file=sys.stderr)
+    try:
+        runs = load_runs(root)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    rows = [f for f in (run_figures(p.parent) for p in sorted(root.rglob("results.json"))) if f]
+    rows = [f for f in (run_figures(r) for r in runs) if f]
     if not rows:
         print(f"error: no completed run with per-step timings under {root}", file=sys.stderr)
         return 2

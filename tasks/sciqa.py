@@ -441,18 +441,15 @@ def extract_choice(text: str, labels, choices=None, mode: str = "lenient") -> st
                     return label
     if mode == "strict":
         return None
-    patterns = [
-        rf"(?i:answer)\s*(?:is|:|=)\s*:?\s*\**\s*(?i:option\s+)?{_CHOICE_RE}(?![A-Za-z])",
-        rf"(?m)^\s*\**{_CHOICE_RE}\s*[.:)]?\**\s*$",
-        rf"\A\s*{_CHOICE_RE}\s*[.:)](?:\s|$)",
-        rf"\b(?i:option|choice)\s+{_CHOICE_RE}(?![A-Za-z])",
-    ]
-    if len(listed_options(text, labels)) >= 2:
-        # The response restates the options ("A. X-ray\nB. Ultraviolet\n..."): a letter at the start
-        # of a line is then a list item, not a choice, so only an explicit answer or "option B" counts.
-        # Without this, listing the options read as choosing the first one (issue 19: GRPO on cpu_mc
-        # was paid for listing them).
-        patterns = [patterns[0], patterns[3]]
+    explicit = rf"(?i:answer)\s*(?:is|:|=)\s*:?\s*\**\s*(?i:option\s+)?{_CHOICE_RE}(?![A-Za-z])"
+    named = rf"\b(?i:option|choice)\s+{_CHOICE_RE}(?![A-Za-z])"
+    line_starts = [rf"(?m)^\s*\**{_CHOICE_RE}\s*[.:)]?\**\s*$",     # a line holding only the letter
+                   rf"\A\s*{_CHOICE_RE}\s*[.:)](?:\s|$)"]           # a response opening with "B."
+    # A response that restates the options ("A. X-ray\nB. Ultraviolet\n...") has letters at line
+    # starts that are list items, not choices: only an explicit answer or "option B" counts. Without
+    # this, listing the options read as choosing the first one (issue 19: GRPO on cpu_mc was paid for it).
+    listing = len(listed_options(text, labels)) >= 2
+    patterns = [explicit, named] if listing else [explicit, *line_starts, named]
     for pattern in patterns:
         found = [m.group(1) for m in re.finditer(pattern, text) if m.group(1) in labels]
         if found:
