@@ -60,7 +60,19 @@ class VPD(SDPO):
             raise UserError(f"method.delta_timing must be 'before_loss' (the method: delta moves with this E-step's "
                             f"batch before its loss) or 'after_loss' (delta moves after it: no forward-only pass), "
                             f"got {self.delta_timing!r}")
+        self.prior_timing = str(self.mcfg.get("prior_timing", "estep"))
+        if self.prior_timing not in ("estep", "rollout"):
+            raise UserError(f"method.prior_timing must be 'estep' (the method: the prior is scored with the weights at "
+                            f"the E-step's start) or 'rollout' (the M-step's student log-probs of the response's own "
+                            f"iteration are kept: no prior pass), got {self.prior_timing!r}")
+        if self.prior_timing == "rollout" and self.mcfg.prior != "student":
+            raise UserError("method.prior_timing=rollout keeps the student's log-probs; with method.prior=initial the "
+                            "prior is the frozen copy: leave prior_timing=estep")
+        self._rollout_prior: dict[int, float] = {}   # response index -> log pi(y|x) from this iteration's M-step
         self.fused = bool(self.mcfg.get("estep_fused", False))
+        if self.fused and self.prior_timing != "estep":
+            raise UserError("method.prior_timing=rollout has nothing to save with method.estep_fused=true (the fused "
+                            "E-step takes the prior from the M-step's student forward already); leave prior_timing=estep")
         if self.fused and self.delta_timing != "before_loss":
             raise UserError("method.delta_timing=after_loss has nothing to save with method.estep_fused=true (the fused "
                             "E-step takes delta from the M-step's forward passes); leave delta_timing=before_loss")
@@ -104,7 +116,10 @@ class VPD(SDPO):
 
     def loss(self, mb):
         if self._fused_parts is None or mb.teacher is None:
-            return super().loss(mb)
+            loss = super().loss(mb)
+            if self.prior_timing == "rollout":
+                self._keep_rollout_prior(mb)
+            return loss
         t = self.trainer
         norm, rows = self.mcfg.length_norm, mb.teacher_rows
         if self.keep_graph:     # the teacher forward keeps its graph until the E-step's backward
@@ -120,6 +135,14 @@ class VPD(SDPO):
         self._fused_parts.append((q, prior, mb.success[rows], None if self.keep_graph else mb.teacher,
                                   mb.student.input_ids.numel()))
         return loss
+
+    def _keep_rollout_prior(self, mb):
+        """prior_timing=rollout: the M-step's student forward (at this iteration's weights, before its
+        update) gives each response's log pi(y|x); kept for the E-step, which then runs no prior pass.
+        A second PPO epoch would score updated weights: only the first value of a response is kept."""
+        lp = L.sequence_log_prob(mb.student_token_logp().detach(), mb.response_mask, self.mcfg.length_norm)
+        for j, i in enumerate(mb.indices):
+            self._rollout_prior.setdefault(int(i), float(lp[j]))
 
     def before_optimizer_step(self):
         parts, self._fused_parts = self._fused_parts, None
@@ -235,8 +258,10 @@ class VPD(SDPO):
         """E-step buffer: responses that have a teacher prompt (feedback), with their outcome."""
         success = batch.success(self.cfg.train.success_threshold)
         only_successes = self.estep_samples == "successes"
+        prior, self._rollout_prior = self._rollout_prior, {}
         items = [{"prompt": batch.prompt_ids_of(i), "response": batch.response_ids[i],
-                  "teacher_prompt": batch.teacher_prompt_ids[i], "success": bool(success[i])}
+                  "teacher_prompt": batch.teacher_prompt_ids[i], "success": bool(success[i]),
+                  **({"prior": prior[i]} if i in prior else {})}
                  for i in range(batch.num_responses)
                  if bool(batch.teacher_mask[i]) and batch.response_ids[i] and (bool(success[i]) or not only_successes)]
         window = int(self.mcfg.estep_every) if self.mcfg.estep_buffer == "window" else 1
@@ -262,11 +287,19 @@ class VPD(SDPO):
         probe_before = self._probe()
         beta, norm = float(self.mcfg.beta), self.mcfg.length_norm
         mbs = self._estep_micro_batches(items)
-        # log pi_prior(y|x) with the weights as they are now, before any E-step update
+        # log pi_prior(y|x) with the weights as they are now, before any E-step update;
+        # prior_timing=rollout (a choice, docs/method.md): the values the M-step's student forward
+        # gave at each response's own iteration, so no pass here
         prior_model = self.initial_prior if self.initial_prior is not None else t.model
-        with torch.no_grad():
-            priors = [t.sequence_log_probs(prior_model, [items[i]["prompt"] for i in mb],
-                                           [items[i]["response"] for i in mb], norm) for mb in mbs]
+        priors = []
+        for mb in mbs:
+            if self.prior_timing == "rollout" and all("prior" in items[i] for i in mb):
+                priors.append(torch.tensor([items[i]["prior"] for i in mb], dtype=torch.float32,
+                                           device=next(t.model.parameters()).device))
+                continue
+            with torch.no_grad():
+                priors.append(t.sequence_log_probs(prior_model, [items[i]["prompt"] for i in mb],
+                                                   [items[i]["response"] for i in mb], norm))
         # BCO's delta: the running mean of the implicit reward, updated with this E-step's batch
         # *before* the loss. One micro-batch: its graph-carrying forward gives the mean (no extra
         # pass); several: a forward-only pass over the buffer first. delta_timing=after_loss (a

@@ -318,11 +318,12 @@ def test_grpo_clipped_loss_with_old_log_probs(make_trainer):
 
 # -- VPD's E-step ----------------------------------------------------------------------------------------
 
-def reference_estep(t, batch, beta, delta_before, momentum=0.9, successes_only=False, lagged=False):
+def reference_estep(t, batch, beta, delta_before, momentum=0.9, successes_only=False, lagged=False, prior_model=None):
     """(loss, delta): rho_i = beta (log q(y|x,C) - sg log pi(y|x)), summed over tokens; delta updated
     with the batch mean of rho *before* the loss; BCO with per-class means. successes_only: the
     buffer holds the passing responses alone. lagged (method.delta_timing=after_loss): the loss
-    uses ``delta_before`` and the returned delta is the one updated after it."""
+    uses ``delta_before`` and the returned delta is the one updated after it. prior_model: the
+    weights that score log pi(y|x) (default: the current ones)."""
     rhos, success = [], []
     for i in range(batch.num_responses):
         if not bool(batch.teacher_mask[i]) or (successes_only and float(batch.rewards[i]) < 1.0):
@@ -331,7 +332,8 @@ def reference_estep(t, batch, beta, delta_before, momentum=0.9, successes_only=F
         ys = torch.tensor(y)[:, None]
         q = torch.log_softmax(forward_logits(t.model, batch.teacher_prompt_ids[i], y, grad=True), -1).gather(-1, ys).sum()
         with torch.no_grad():
-            p = torch.log_softmax(forward_logits(t.model, batch.prompt_ids_of(i), y, grad=False), -1).gather(-1, ys).sum()
+            p = torch.log_softmax(forward_logits(prior_model or t.model, batch.prompt_ids_of(i), y, grad=False),
+                                  -1).gather(-1, ys).sum()
         rhos.append(beta * (q - p))
         success.append(float(batch.rewards[i]) >= 1.0)
     mean_rho = sum(float(r.detach()) for r in rhos) / len(rhos)
@@ -462,6 +464,83 @@ def test_lagged_delta_saves_the_forward_only_pass(make_trainer, monkeypatch, tim
     monkeypatch.setattr(t.method, "_teacher_log_probs", lambda *a: calls.append(1) or real(*a))
     run_estep_capturing_gradient(t, monkeypatch)
     assert len(calls) == passes
+
+
+def _mstep_then_move_weights(t, batch):
+    """Run the M-step's forward passes on ``batch`` (its own update left out), remember the batch as
+    the loop does, and then move the weights, as the M-step updates and later iterations would.
+    Returns a frozen copy of the weights the M-step scored with."""
+    import copy
+    scored_with = copy.deepcopy(t.model).eval()
+    real_step = t.optimizer_step
+    t.optimizer_step = lambda: 0.0
+    try:
+        t.update_student(batch)
+    finally:
+        t.optimizer_step = real_step
+    t.optimizer.zero_grad(set_to_none=True)
+    t.method._remember(batch)
+    with torch.no_grad():
+        for p in t.model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return scored_with
+
+
+@pytest.mark.parametrize("micro_batch", [4, 1])
+def test_rollout_prior_uses_the_msteps_student_log_probs(make_trainer, monkeypatch, micro_batch):
+    """method.prior_timing=rollout: rho's prior is log pi(y|x) at the weights the M-step scored the
+    response with (its own iteration), not at the E-step's start; loss, delta and gradient equal the
+    definition with that prior, and differ from the exact variant's once the weights have moved."""
+    beta = 0.5
+    t = trainer_for(make_trainer, "vpd", ["method.estep_every=1", f"method.beta={beta}", "method.estep_probe=0",
+                                          f"train.micro_batch_size={micro_batch}", "method.prior_timing=rollout"])
+    batch = toy_batch(t, rewards=(1.0, 0.0, 0.0, 1.0))
+    t.build_teacher_context(batch)
+    torch.manual_seed(0)
+    scored_with = _mstep_then_move_weights(t, batch)
+    assert all("prior" in it for its in t.method.buffer for it in its)
+    ref_loss, ref_delta = reference_estep(t, batch, beta, None, prior_model=scored_with)
+    exact_loss, exact_delta = reference_estep(t, batch, beta, None)
+    params = params_of(t.model)
+    want = flat_gradient(torch.autograd.grad(ref_loss, params, allow_unused=True), params)
+    out, got = run_estep_capturing_gradient(t, monkeypatch)
+    assert out["delta"] == pytest.approx(ref_delta, rel=1e-4, abs=1e-5)
+    assert out["estep_loss"] == pytest.approx(float(ref_loss), rel=1e-4, abs=1e-5)
+    assert abs(ref_delta - exact_delta) > 1e-3 and abs(float(ref_loss) - float(exact_loss)) > 1e-4
+    assert_close_gradients(got, want)
+
+
+@pytest.mark.parametrize("timing", ["estep", "rollout"])
+def test_rollout_prior_saves_the_prior_pass(make_trainer, monkeypatch, timing):
+    """The E-step scores no student prompt with prior_timing=rollout; the exact variant scores each
+    micro-batch's once."""
+    t = trainer_for(make_trainer, "vpd", ["method.estep_every=1", "method.estep_probe=0",
+                                          f"method.prior_timing={timing}"])
+    batch = toy_batch(t)
+    t.build_teacher_context(batch)
+    _mstep_then_move_weights(t, batch)
+    student_prompt = batch.prompt_ids_of(0)
+    calls = []
+    real = t.sequence_log_probs
+    monkeypatch.setattr(t, "sequence_log_probs",
+                        lambda model, prompts, *a: calls.append(list(prompts[0]) == list(student_prompt))
+                        or real(model, prompts, *a))
+    items = [it for its in t.method.buffer for it in its]
+    n_micro_batches = len(t.method._estep_micro_batches(items))
+    run_estep_capturing_gradient(t, monkeypatch)
+    assert sum(calls) == (n_micro_batches if timing == "estep" else 0)
+    assert len(calls) > sum(calls)          # the teacher passes still run
+
+
+def test_prior_timing_is_checked(make_trainer):
+    from vpd_bench.errors import UserError
+    with pytest.raises(UserError, match="prior_timing"):
+        trainer_for(make_trainer, "vpd", ["method.prior_timing=later"])
+    with pytest.raises(UserError, match="prior_timing"):
+        trainer_for(make_trainer, "vpd", ["method.prior_timing=rollout", "method.prior=initial"])
+    with pytest.raises(UserError, match="prior_timing"):
+        trainer_for(make_trainer, "vpd", ["method.prior_timing=rollout", "method.estep_fused=true",
+                                          "method.estep_buffer=current"])
 
 
 def test_delta_timing_is_checked(make_trainer):
