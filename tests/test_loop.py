@@ -41,9 +41,11 @@ def test_resume_gives_identical_losses(tmp_path):
     assert any(x != 0 for x in la)          # the comparison is not between empty updates
 
 
-def test_resume_is_exact_for_vpd_across_an_estep(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["method.prior_timing=rollout"]])   # rollout: the buffer carries priors
+def test_resume_is_exact_for_vpd_across_an_estep(tmp_path, extra):
     a, b = tmp_path / "A", tmp_path / "B"
-    common = ["--methods", "vpd", "method.estep_every=2", "train.checkpoint_every=1", "rollout.max_new_tokens=24"]
+    common = ["--methods", "vpd", "method.estep_every=2", "train.checkpoint_every=1", "rollout.max_new_tokens=24",
+              *extra]
     assert run_cli(*common, "--steps", "4", "--out", str(a)) == 0
     assert run_cli(*common, "--steps", "3", "--out", str(b)) == 0
     assert run_cli(*common, "--steps", "4", "--out", str(b), "--resume") == 0
