@@ -29,12 +29,13 @@ def base(seed):
     return [1 + (i + seed) % 2 for i in range(len(PROBLEMS))]       # 1 or 2 passing samples of 4
 
 
-def write_run(root, method_folder, feedback, seed, counts_by_step, probe=None, task="math"):
+def write_run(root, method_folder, feedback, seed, counts_by_step, probe=None, task="math", method_config=None):
     """A complete run whose evaluation at each step passes counts_by_step[step][i] of 4 samples on problem i."""
     method = method_folder.split("[")[0]
     d = root / task / method_folder / feedback / f"seed{seed}"
     d.mkdir(parents=True)
-    (d / "config.yaml").write_text(f"seed: {seed}\nmethod:\n  name: {method}\ntask:\n  name: {task}\n")
+    extra = "".join(f"  {k}: {v}\n" for k, v in (method_config or {}).items())
+    (d / "config.yaml").write_text(f"seed: {seed}\nmethod:\n  name: {method}\n{extra}task:\n  name: {task}\n")
     history, samples = [], []
     for step, counts in sorted(counts_by_step.items()):
         history.append({"step": step, "wall_time_s": float(step),
@@ -118,6 +119,33 @@ def test_ablation_claims_pair_variants_of_one_method_and_a_reversal_does_not_hol
     assert f10["mark"] == UNTESTABLE and "vpd[estep_every=10]" in f10["why"]
     cold = claims[("cold_start_grpo", "")]
     assert cold["mark"] == UNTESTABLE and cold["n_seeds"] == 0
+
+
+def test_an_ablation_that_ran_only_the_other_value_pairs_with_the_plain_runs_at_the_default(tmp_path):
+    """cpu_vpd_prior runs only vpd[prior=initial]: the comparison's plain vpd runs, whose config holds
+    prior=student, are the other side; a variant folder at the same prior (distill_stop=false) is not."""
+    root = tmp_path / "runs"
+    defaults = {"prior": "student", "estep_every": 5}
+    for s in SEEDS:
+        write_run(root, "vpd", "env+sibling", s, {0: base(s), 10: shift(s, 2)}, method_config=defaults)
+        write_run(root, "vpd[distill_stop=false]", "env+sibling", s, {0: base(s), 10: shift(s, -1)},
+                  method_config=defaults)
+        write_run(root, "vpd[prior=initial]", "env+sibling", s, {0: base(s), 10: shift(s, 1)})
+        write_run(root, "vpd[estep_every=10]", "env+sibling", s, {0: base(s), 10: base(s)})
+    claims = {(r["claim"], r["task"]): r for r in evaluate_claims(load_runs(root))}
+    prior = claims[("student_prior", "math")]
+    assert prior["estimate"] == pytest.approx(0.25) and prior["n_seeds"] == 3     # plain vpd +2 vs initial +1
+    f10 = claims[("estep_5_vs_10", "math")]
+    assert f10["estimate"] == pytest.approx(0.5)                                 # plain vpd +2 vs F=10 +0
+    assert claims[("estep_5_vs_1", "math")]["mark"] == UNTESTABLE                # no F = 1 runs
+    # plain runs whose config is not at the asked value are not a side
+    other = tmp_path / "other"
+    for s in SEEDS:
+        write_run(other, "vpd", "env+sibling", s, {0: base(s), 10: shift(s, 2)},
+                  method_config={"prior": "initial", "estep_every": 5})
+        write_run(other, "vpd[prior=initial]", "env+sibling", s, {0: base(s), 10: shift(s, 1)})
+    rows = {(r["claim"], r["task"]): r for r in evaluate_claims(load_runs(other))}
+    assert rows[("student_prior", "math")]["mark"] == UNTESTABLE
 
 
 def test_teacher_growth_compares_each_seeds_probe_change_with_sdpos(claims):

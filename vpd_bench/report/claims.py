@@ -131,7 +131,17 @@ def _side(groups, task: str, method: str, feedback: str | None = None,
             return not values
         return all(values.get(k) == str(v) for k, v in variant.items())
 
+    def at_defaults(label: str, members: list[RunRecord]) -> bool:
+        """The plain method (no bracket) whose runs' own config holds every value of ``variant``:
+        e.g. the comparison's ``vpd`` runs are the ``prior=student`` / ``estep_every=5`` side of an
+        ablation that ran only the other values (``vpd[prior=initial]``)."""
+        base, values = _bracket(label)
+        return (base == method and not values and bool(variant) and bool(members)
+                and all(str(_config_value(r.config, k)) == str(v) for r in members for k, v in variant.items()))
+
     found = {fb: members for (t, fb, m), members in groups.items() if t == task and matches(m)}
+    if not found and variant:           # no run labelled with these values: the plain runs, if at them
+        found = {fb: members for (t, fb, m), members in groups.items() if t == task and at_defaults(m, members)}
     if not found:
         return None, []
     if feedback is not None:
@@ -140,6 +150,18 @@ def _side(groups, task: str, method: str, feedback: str | None = None,
         return HEADLINE_FEEDBACK, found[HEADLINE_FEEDBACK]
     fb = sorted(found, key=lambda f: (-len(found[f]), f))[0]
     return fb, found[fb]
+
+
+def _config_value(config: dict, key: str):
+    """A run's value of ``key`` (``prior``, ``method.prior``): the method section first, then any section."""
+    if "." in key:
+        section, name = key.split(".", 1)
+        return (config.get(section) or {}).get(name) if isinstance(config.get(section), dict) else None
+    for section in ("method", *[k for k, v in config.items() if isinstance(v, dict) and k != "method"]):
+        block = config.get(section)
+        if isinstance(block, dict) and key in block:
+            return block[key]
+    return None
 
 
 def _label(method: str, variant: dict) -> str:
