@@ -18,6 +18,7 @@ from vpd_bench.report.leaderboard import (
     check_metric, leaderboard_markdown, provenance, summarize_run, write_leaderboard_csv)
 from vpd_bench.evaluation.results import load_runs
 from vpd_bench.report.claims import CLAIM_HEADER, RULE, claim_cells, claims_markdown, evaluate_claims, write_claims_csv
+from vpd_bench.report.robustness import fig_noise_robustness, noise_table, write_robustness_csv
 
 READING_GUIDE = """\
 <ul>
@@ -109,6 +110,7 @@ def _caption(kind: str, metric: str) -> str:
         "score_vs_wall": f"Held-out {metric} by cumulative training wall-clock (evaluation time excluded), each seed interpolated between its evaluations, over the time all seeds of a method cover; compares methods at equal compute time. {_BASELINE_NOTE}",
         "final_scores": f"Final held-out {metric} per method and task, for the headline feedback source of each task ({HEADLINE_FEEDBACK} when run; methods that read no feedback show their only runs); each bar is labelled with its method's own feedback source; error bars \u00b1 one standard error over seeds, dots are single seeds; the black dashed line across each bar is that method's starting (step-0) score.",
         "feedback_ablation": f"Final held-out {metric} by feedback source, per method; methods that read no feedback are horizontal lines at their mean. Tasks run with fewer than two feedback sources are left out.",
+        "noise_robustness": f"Final held-out {metric} vs the noise level p of feedback `noisy` (with probability p a response's feedback is another problem's), per method: p = 0 is the method's runs on the clean source that `noisy` corrupts, p > 0 read from each noisy run's config; mean \u00b1 s.e. over seeds, n = seeds per point; robustness.csv has the numbers.",
         "train_reward": f"Training-batch reward (mean over the rollouts of a step). {_BASELINE_NOTE}",
         "teacher_probe": "Teacher probe at every evaluation (eval.teacher_probe; teacher_probe.csv): on fixed items built once from failed responses of the initial model, how much reading the feedback raises the per-token log-probability of the gold answer, and the greedy pass rate with and without the feedback in the prompt. The paper's claim: VPD's E-step raises the first; a passive teacher's stays where it was.",
     }.get(kind, "Health signals logged at every training step (metrics.jsonl). A method missing from a panel did not "
@@ -163,6 +165,10 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, metric
             ("feedback_ablation", "Feedback-source ablation", lambda: _fig_feedback_ablation(runs, rows, metric, notes)),
             ("train_reward", "Training reward vs step", lambda: _fig_train_reward(runs, notes)),
         ]
+        noise_rows = noise_table(runs, metric)
+        if noise_rows:
+            plan.append(("noise_robustness", "Robustness to noisy feedback",
+                         lambda: fig_noise_robustness(noise_rows, metric, notes)))
         for task, feedback, members in _panels(runs):
             plan.append((f"health_{_slug(task)}_{_slug(feedback)}", f"Health signals: {task} \u00b7 {feedback}",
                          lambda t=task, f=feedback, m=members: _fig_health(m, t, f, notes)))
@@ -181,6 +187,13 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, metric
             kind = stem if not stem.startswith("health_") else "health"
             figures.append((stem, title, embed, _caption(kind, metric)))
 
+    if noise_rows:
+        noise_csv = out_dir / "robustness.csv"
+        write_robustness_csv(noise_rows, noise_csv)
+        written["robustness.csv"] = noise_csv
+    elif (out_dir / "robustness.csv").exists():     # an earlier report's table, no longer backed by runs
+        (out_dir / "robustness.csv").unlink()
+
     if probes:
         probe_csv = out_dir / "teacher_probe.csv"
         write_teacher_probe_csv(probes, probe_csv)
@@ -189,7 +202,7 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, metric
     # A figure an earlier report drew but this one could not must not linger next to the new ones.
     for stale in fig_dir.glob("*"):
         if (stale.suffix in (".png", ".svg") and f"figures/{stale.name}" not in written
-                and re.match(r"(score_vs_step|score_vs_wall|score_vs_tokens|final_scores|feedback_ablation|train_reward|health_|teacher_probe)", stale.name)):
+                and re.match(r"(score_vs_step|score_vs_wall|score_vs_tokens|final_scores|feedback_ablation|noise_robustness|train_reward|health_|teacher_probe)", stale.name)):
             stale.unlink()
 
     claims = evaluate_claims(runs, metric)
