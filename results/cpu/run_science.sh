@@ -57,7 +57,7 @@ if want 3; then
   vpd-bench report results/cpu/runs --out results/cpu/report >> "$LOG" 2>&1 || say "stage 3 FAILED (see $LOG)"
 fi
 if want 4; then
-  for sweep in cpu_distill_stop cpu_vpd_prior cpu_vpd_estep_every cpu_feedback_sources; do
+  for sweep in cpu_distill_stop cpu_vpd_prior cpu_vpd_estep_every cpu_feedback_sources cpu_noise; do
     say "stage 4: $sweep"
     vpd-bench run --sweep "$sweep" --tuned "$CHOSEN" --jobs 2 >> "$LOG" 2>&1 \
       || say "stage 4: $sweep had failures (see $LOG)"
