@@ -20,18 +20,15 @@ from pathlib import Path
 
 from vpd_bench.evaluation.results import TASK_ORDER, RunRecord, _order
 from vpd_bench.report.claims import _bracket
-from vpd_bench.report.leaderboard import score_of
+from vpd_bench.report.figures import _eval_series
 
 NOISY = "noisy"
 COLUMNS = ["task", "method", "p", "feedback", "n_seeds", "seeds", "final_mean", "final_se"]
 
 
 def _final(run: RunRecord, metric: str) -> float | None:
-    for entry in reversed(run.eval_history):
-        value, _ = score_of(entry["metrics"], metric)
-        if value is not None:
-            return float(value)
-    return None
+    _, scores = _eval_series(run, metric, "step")
+    return float(scores[-1]) if len(scores) else None
 
 
 def _feedback_config(run: RunRecord) -> dict:
