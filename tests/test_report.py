@@ -229,7 +229,8 @@ def test_headline_metric_falls_back_to_the_first_score():
 def test_an_empty_runs_folder_gives_an_empty_report(tmp_path):
     (tmp_path / "runs").mkdir()
     written = write_report(tmp_path / "runs", tmp_path / "out")
-    assert set(written) == {"leaderboard.md", "leaderboard.csv", "report.html", "claims.md", "claims.csv"}
+    assert set(written) == {"leaderboard.md", "leaderboard.csv", "report.html", "claims.md", "claims.csv", "ablations.md",
+                            "ablations.csv"}
     assert "No runs found" in written["report.html"].read_text()
     # every claim is listed, none can be tested
     assert written["claims.md"].read_text().count("not testable at this scale") >= 10

@@ -361,10 +361,15 @@ def claims_markdown(rows: list[dict], metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_claims_csv(rows: list[dict], path: Path) -> None:
+def write_rows_csv(rows: list[dict], columns: list[str], path: Path) -> None:
+    """One CSV line per row in ``columns`` order; NaN and None are written as empty cells."""
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(CLAIM_COLUMNS)
+        w.writerow(columns)
         for row in rows:
             w.writerow(["" if (isinstance(row[k], float) and math.isnan(row[k])) else
-                        ("" if row[k] is None else row[k]) for k in CLAIM_COLUMNS])
+                        ("" if row[k] is None else row[k]) for k in columns])
+
+
+def write_claims_csv(rows: list[dict], path: Path) -> None:
+    write_rows_csv(rows, CLAIM_COLUMNS, path)

@@ -17,6 +17,8 @@ from vpd_bench.report.leaderboard import (
     _mde_lines, _now, _stats_explanation, _table_cells, _table_header, _winners, build_leaderboard,
     check_metric, leaderboard_markdown, provenance, summarize_run, write_leaderboard_csv)
 from vpd_bench.evaluation.results import load_runs
+from vpd_bench.report.ablations import (HEADER as ABLATION_HEADER, ablation_cells, ablation_table, ablations_markdown,
+                                        write_ablations_csv)
 from vpd_bench.report.claims import CLAIM_HEADER, RULE, claim_cells, claims_markdown, evaluate_claims, write_claims_csv
 from vpd_bench.report.robustness import fig_noise_robustness, noise_table, write_robustness_csv
 
@@ -120,7 +122,7 @@ def _caption(kind: str, metric: str) -> str:
 def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, metric: str = DEFAULT_METRIC,
                  budget_steps: int | None = None, budget_wall_s: float | None = None,
                  baseline: str | None = "grpo") -> dict[str, Path]:
-    """Write leaderboard.md, leaderboard.csv, claims.md, claims.csv (``report.claims``), report.html and
+    """Write leaderboard.md, leaderboard.csv, claims.md, claims.csv (``report.claims``), ablations.md, ablations.csv (``report.ablations``), report.html and
     figures/<name>.{png,svg} to out_dir.
 
     Figures: score_vs_step, score_vs_wall, score_vs_tokens, final_scores, feedback_ablation, train_reward and one
@@ -206,22 +208,24 @@ def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, metric
             stale.unlink()
 
     claims = evaluate_claims(runs, metric)
-    claims_md = out_dir / "claims.md"
-    claims_md.write_text(claims_markdown(claims, metric))
-    written["claims.md"] = claims_md
-    claims_csv = out_dir / "claims.csv"
-    write_claims_csv(claims, claims_csv)
-    written["claims.csv"] = claims_csv
+    ablations = ablation_table(runs, metric)
+    for stem, text, write_csv, table in (("claims", claims_markdown(claims, metric), write_claims_csv, claims),
+                                         ("ablations", ablations_markdown(ablations, metric), write_ablations_csv,
+                                          ablations)):
+        (out_dir / f"{stem}.md").write_text(text)
+        write_csv(table, out_dir / f"{stem}.csv")
+        written[f"{stem}.md"], written[f"{stem}.csv"] = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
 
     html_path = out_dir / "report.html"
     html_path.write_text(_render_html(runs, rows, figures, notes, metric, budget_steps, budget_wall_s,
-                                      generated, Path(runs_dir), baseline, claims))
+                                      generated, Path(runs_dir), baseline, claims, ablations))
     written["report.html"] = html_path
     return written
 
 
 def _render_html(runs, rows, figures, notes, metric, budget_steps, budget_wall_s, generated, runs_dir,
-                 baseline: str | None = "grpo", claims: list[dict] | None = None) -> str:
+                 baseline: str | None = "grpo", claims: list[dict] | None = None,
+                 ablations: list[dict] | None = None) -> str:
     n_partial = sum(r.is_partial for r in runs)
     n_no_eval = sum(not r.has_eval for r in runs)
     problems = [w for r in runs for w in r.warnings]
@@ -256,6 +260,8 @@ def _render_html(runs, rows, figures, notes, metric, budget_steps, budget_wall_s
     runs_table = "\n".join(run_lines)
 
     claims_table = _html_table(CLAIM_HEADER, [claim_cells(c) for c in claims or []], numeric={3, 4, 5})
+    ablations_table = (_html_table(ABLATION_HEADER, [ablation_cells(a) for a in ablations], numeric={4, 5, 6, 7, 8, 10, 11})
+                       if ablations else '<p class="note">No ablation has a seed in common with the runs it changes.</p>')
 
     fig_html = []
     for stem, title, png, caption in figures:
@@ -293,6 +299,9 @@ Baseline: <code>{html.escape(baseline or "none")}</code>.
 <h2>The paper's claims</h2>
 <p class="meta">Each claim is a paired difference, positive when it goes the way the paper says, matched by seed (and by held-out problem where the runs have per-problem samples). {html.escape(RULE)} Also in <code>claims.md</code> and <code>claims.csv</code>.</p>
 {claims_table}
+<h2>Ablations against the runs they change</h2>
+<p class="meta">Each variant label (<code>vpd[prior=initial]</code>) against the same method's plain runs in its feedback folder (or on the headline source where that folder has none), and each feedback source other than the headline one against the same method on it; paired by seed and held-out problem, positive = the ablation scores higher; middle = the evaluation nearest half the final step. Also in <code>ablations.md</code> and <code>ablations.csv</code>.</p>
+{ablations_table}
 <h2>Figures</h2>
 {''.join(fig_html) or '<p class="note">No figure could be drawn.</p>'}
 <h2>Figures and panels left out</h2>
