@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 
 from vpd_bench.evaluation.results import FEEDBACK_FREE, TASK_ORDER, RunRecord, _order
-from vpd_bench.report.claims import _bracket, _groups, _num, _paired, _seed_scores, write_rows_csv
+from vpd_bench.report.claims import _bracket, _groups, _interval, _num, _paired, _seed_scores, write_rows_csv
 from vpd_bench.report.leaderboard import HEADLINE_FEEDBACK
 
 COLUMNS = ["task", "method", "feedback", "against", "against_feedback", "n_seeds", "final_mean", "against_final_mean",
@@ -53,7 +53,7 @@ def ablation_table(runs: list[RunRecord], metric: str) -> list[dict]:
             ref_key = (task, HEADLINE_FEEDBACK, label)
         else:
             continue
-        if ref_key == (task, feedback, label) or ref_key not in groups:
+        if ref_key not in groups:
             continue
         ref = groups[ref_key]
         final_a, final_b = _seed_scores(ref, metric), _seed_scores(members, metric)
@@ -70,10 +70,6 @@ def ablation_table(runs: list[RunRecord], metric: str) -> list[dict]:
                      "middle_ci_method": m_how})
     rows.sort(key=lambda r: (_order(r["task"], TASK_ORDER), r["against"], r["method"], r["feedback"]))
     return rows
-
-
-def _interval(lo: float, hi: float) -> str:
-    return "n/a" if math.isnan(lo) or math.isnan(hi) else f"[{_num(lo)}, {_num(hi)}]"
 
 
 def ablation_cells(row: dict) -> list[str]:

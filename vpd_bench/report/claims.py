@@ -337,9 +337,12 @@ def _num(x: float | None, signed: bool = True) -> str:
     return f"{x:+.3f}" if signed else f"{x:.3f}"
 
 
+def _interval(lo: float, hi: float) -> str:
+    return "n/a" if math.isnan(lo) or math.isnan(hi) else f"[{_num(lo)}, {_num(hi)}]"
+
+
 def claim_cells(row: dict) -> list[str]:
-    interval = (f"[{_num(row['ci_low'])}, {_num(row['ci_high'])}]"
-                if not (math.isnan(row["ci_low"]) or math.isnan(row["ci_high"])) else "n/a")
+    interval = _interval(row["ci_low"], row["ci_high"])
     return [row["text"], row["task"] or "\u2014", row["comparison"] or "\u2014", _num(row["estimate"]), interval,
             str(row["n_seeds"]), row["mark"], row["why"]]
 

@@ -122,8 +122,8 @@ def _caption(kind: str, metric: str) -> str:
 def write_report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, metric: str = DEFAULT_METRIC,
                  budget_steps: int | None = None, budget_wall_s: float | None = None,
                  baseline: str | None = "grpo") -> dict[str, Path]:
-    """Write leaderboard.md, leaderboard.csv, claims.md, claims.csv (``report.claims``), ablations.md, ablations.csv (``report.ablations``), report.html and
-    figures/<name>.{png,svg} to out_dir.
+    """Write leaderboard.md, leaderboard.csv, claims.md, claims.csv (``report.claims``), ablations.md,
+    ablations.csv (``report.ablations``), report.html and figures/<name>.{png,svg} to out_dir.
 
     Figures: score_vs_step, score_vs_wall, score_vs_tokens, final_scores, feedback_ablation, train_reward and one
     health_<task>_<feedback> per panel; one with no data is not written (report.html says why),
