@@ -148,6 +148,28 @@ def test_an_ablation_that_ran_only_the_other_value_pairs_with_the_plain_runs_at_
     assert rows[("student_prior", "math")]["mark"] == UNTESTABLE
 
 
+def test_method_claims_are_asked_again_at_a_setting_both_methods_ran_alike(tmp_path):
+    """sdpo[distill_stop=false] and vpd[distill_stop=false] give a second VPD-vs-SDPO row at that
+    setting; vpd[prior=initial], which no sdpo run shares, and grpo, which ran no variant, give none."""
+    root = make_tree(tmp_path / "runs")
+    for s in SEEDS:
+        write_run(root, "vpd[distill_stop=false]", "env+sibling", s, {0: base(s), 10: shift(s, 1)})
+        write_run(root, "sdpo[distill_stop=false]", "env+sibling", s, {0: base(s), 10: shift(s, 2)})
+        write_run(root, "sdpo[distill_stop=false]", "env", s, {0: base(s), 10: base(s)})   # vpd has no env runs
+    rows = evaluate_claims(load_runs(root))
+    vs_sdpo = [r for r in rows if r["claim"] == "vpd_vs_sdpo"]
+    assert [r["comparison"] for r in vs_sdpo] == ["vpd \u2212 sdpo",
+                                                  "vpd[distill_stop=false] \u2212 sdpo[distill_stop=false]"]
+    at = vs_sdpo[1]
+    # one sample of 4 fewer on every problem and seed: -0.25 exactly, on the source both share
+    assert at["estimate"] == pytest.approx(-0.25) and at["ci_high"] == pytest.approx(-0.25)
+    assert at["feedback"] == "env+sibling" and at["n_seeds"] == 3 and at["mark"] == FAILS
+    assert vs_sdpo[0]["estimate"] == pytest.approx(0.75)                        # the plain row is unchanged
+    assert len([r for r in rows if r["claim"] == "vpd_vs_grpo"]) == 1
+    assert len([r for r in rows if r["claim"] == "sdpo_below_grpo"]) == 1
+    assert not any("prior=initial" in r["comparison"] and r["claim"] == "vpd_vs_sdpo" for r in rows)
+
+
 def test_teacher_growth_compares_each_seeds_probe_change_with_sdpos(claims):
     row = claims[("teacher_grows", "math")]
     # per seed: (0.5 + 0.1 s) - 0.05 s = 0.5 + 0.05 s -> 0.50, 0.55, 0.60; t(2) interval by hand

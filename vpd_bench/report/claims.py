@@ -231,6 +231,35 @@ def _compare(claim, groups, task, metric, better, worse, better_variant=None, wo
     return _row(claim, task, feedback, comparison, est, lo, hi, how, n)
 
 
+def _shared_settings(groups, task: str, a: str, b: str) -> list[str]:
+    """The grid settings (bracket contents, ``distill_stop=false``) that both methods ``a`` and
+    ``b`` ran on ``task`` under exactly the same label, e.g. ``sdpo[distill_stop=false]`` and
+    ``vpd[distill_stop=false]``: the methods can then be compared at that setting too."""
+    def settings(method):
+        out = set()
+        for (t, _fb, label) in groups:
+            m = re.fullmatch(r"([^\[]+)\[(.*)\]", label)
+            if t == task and m and m.group(1) == method:
+                out.add(m.group(2))
+        return out
+    return sorted(settings(a) & settings(b))
+
+
+def _compare_at_setting(claim, groups, task, metric, better, worse, setting: str) -> dict | None:
+    """``better[setting]`` against ``worse[setting]``, the exact labels, on the feedback source they
+    share (the headline one where both have it); None when they share no source."""
+    lb, lw = f"{better}[{setting}]", f"{worse}[{setting}]"
+    fbs_b = {fb for (t, fb, label) in groups if t == task and label == lb}
+    fbs_w = {fb for (t, fb, label) in groups if t == task and label == lw}
+    common = fbs_b & fbs_w
+    if not common:
+        return None
+    fb = HEADLINE_FEEDBACK if HEADLINE_FEEDBACK in common else sorted(common)[0]
+    runs_b, runs_w = groups[(task, fb, lb)], groups[(task, fb, lw)]
+    est, lo, hi, how, n = _paired(_seed_scores(runs_w, metric), _seed_scores(runs_b, metric))
+    return _row(claim, task, fb, f"{lb} \u2212 {lw}", est, lo, hi, how, n)
+
+
 def _probe_change(series: list[dict] | None) -> float | None:
     """The teacher probe's log-ratio at a run's last probe minus at its first (step 0)."""
     points = [(row.get("step"), _as_float(row.get("probe_logratio"))) for row in series or []]
@@ -307,6 +336,13 @@ def evaluate_claims(runs: list[RunRecord], metric: str = DEFAULT_METRIC) -> list
             rows.append(_late_decline(c["sdpo_late_decline"], groups, task, metric))
             if present(task, "grpo"):
                 rows.append(_compare(c["sdpo_below_grpo"], groups, task, metric, "grpo", "sdpo"))
+        if not cold:        # the method comparisons again at every setting both methods ran alike
+            for key, better, worse in (("vpd_vs_grpo", "vpd", "grpo"), ("vpd_vs_sdpo", "vpd", "sdpo"),
+                                       ("sdpo_below_grpo", "grpo", "sdpo")):
+                for setting in _shared_settings(groups, task, better, worse):
+                    row = _compare_at_setting(c[key], groups, task, metric, better, worse, setting)
+                    if row is not None:
+                        rows.append(row)
         if present(task, "vpd", prior="student") or present(task, "vpd", prior="initial"):
             rows.append(_compare(c["student_prior"], groups, task, metric, "vpd", "vpd",
                                  {"prior": "student"}, {"prior": "initial"}))
