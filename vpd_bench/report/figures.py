@@ -658,8 +658,9 @@ def _save(fig, directory: Path, stem: str) -> tuple[dict[str, Path], bytes]:
     out = {}
     for ext in ("png", "svg"):
         path = directory / f"{stem}.{ext}"
-        fig.savefig(path, format=ext, metadata={"Date": None} if ext == "svg" else None)
+        # tight: a long legend label (``sdft[distill_stop=false] (reference)``) is not cut at the edge
+        fig.savefig(path, format=ext, metadata={"Date": None} if ext == "svg" else None, bbox_inches="tight")
         out[ext] = path
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=EMBED_DPI)
+    fig.savefig(buffer, format="png", dpi=EMBED_DPI, bbox_inches="tight")
     return out, buffer.getvalue()
