@@ -232,31 +232,26 @@ def _compare(claim, groups, task, metric, better, worse, better_variant=None, wo
 
 
 def _shared_settings(groups, task: str, a: str, b: str) -> list[str]:
-    """The grid settings (bracket contents, ``distill_stop=false``) that both methods ``a`` and
+    """The grid settings (a label's bracket, ``[distill_stop=false]``) that both methods ``a`` and
     ``b`` ran on ``task`` under exactly the same label, e.g. ``sdpo[distill_stop=false]`` and
     ``vpd[distill_stop=false]``: the methods can then be compared at that setting too."""
     def settings(method):
-        out = set()
-        for (t, _fb, label) in groups:
-            m = re.fullmatch(r"([^\[]+)\[(.*)\]", label)
-            if t == task and m and m.group(1) == method:
-                out.add(m.group(2))
-        return out
+        return {label[len(method):] for (t, _fb, label) in groups
+                if t == task and _bracket(label)[0] == method and _bracket(label)[1]}
     return sorted(settings(a) & settings(b))
 
 
 def _compare_at_setting(claim, groups, task, metric, better, worse, setting: str) -> dict | None:
-    """``better[setting]`` against ``worse[setting]``, the exact labels, on the feedback source they
+    """``better<setting>`` against ``worse<setting>``, the exact labels, on the feedback source they
     share (the headline one where both have it); None when they share no source."""
-    lb, lw = f"{better}[{setting}]", f"{worse}[{setting}]"
-    fbs_b = {fb for (t, fb, label) in groups if t == task and label == lb}
-    fbs_w = {fb for (t, fb, label) in groups if t == task and label == lw}
-    common = fbs_b & fbs_w
+    lb, lw = better + setting, worse + setting
+    common = ({fb for (t, fb, label) in groups if t == task and label == lb}
+              & {fb for (t, fb, label) in groups if t == task and label == lw})
     if not common:
         return None
     fb = HEADLINE_FEEDBACK if HEADLINE_FEEDBACK in common else sorted(common)[0]
-    runs_b, runs_w = groups[(task, fb, lb)], groups[(task, fb, lw)]
-    est, lo, hi, how, n = _paired(_seed_scores(runs_w, metric), _seed_scores(runs_b, metric))
+    est, lo, hi, how, n = _paired(_seed_scores(groups[(task, fb, lw)], metric),
+                                  _seed_scores(groups[(task, fb, lb)], metric))
     return _row(claim, task, fb, f"{lb} \u2212 {lw}", est, lo, hi, how, n)
 
 
