@@ -41,6 +41,10 @@ from vpd_bench.errors import UserError
 # ------------------------------------------------------------------------------------------
 
 BOXED_INSTRUCTION = "Write the final answer inside \\boxed{}."
+# A base model given a raw prompt has no end-of-turn to emit: it answers, then writes the next
+# "Question: ..." or repeats "Answer: ...". Raw-prompt runs stop there by default (the
+# `until` strings of few-shot evaluation harnesses); the stop string stays in the response.
+RAW_PROMPT_STOP = ("Question:", "Answer:")
 
 
 def raw_prompt(text: str, instruction: str | None = BOXED_INSTRUCTION) -> str:

@@ -97,3 +97,48 @@ def test_setting_cold_start_switches_any_task_to_raw_prompts():
 def test_other_base_tasks_are_refused_with_the_alternative():
     with pytest.raises(UserError, match="task=sciqa setting=cold_start"):
         ColdStartTask(make_cfg(base_task="sciqa"))
+
+
+def test_raw_prompts_stop_at_the_next_question_unless_told_otherwise():
+    from vpd_bench.config import compose
+    from vpd_bench.tasks.answers import RAW_PROMPT_STOP
+    cold = compose("grpo", "cold_start", None, "tiny-random", None, None, [])
+    assert list(cold.rollout.stop) == list(RAW_PROMPT_STOP) == ["Question:", "Answer:"]
+    other = compose("grpo", "sciqa", None, "tiny-random", None, None, ["setting=cold_start"])
+    assert list(other.rollout.stop) == ["Question:", "Answer:"]
+    assert list(compose("grpo", "math", None, "tiny-random", None, None, []).rollout.stop) == []
+    off = compose("grpo", "cold_start", None, "tiny-random", None, None, ["rollout.stop=[]"])
+    assert list(off.rollout.stop) == []
+    mine = compose("grpo", "cold_start", None, "tiny-random", None, None, ["rollout.stop=[END]"])
+    assert list(mine.rollout.stop) == ["END"]
+
+
+class _Tok:
+    """A word-level tokenizer: ids are word lengths, BOS is 0 (when it has one)."""
+
+    def __init__(self, bos_token_id, adds_bos):
+        self.bos_token_id, self.adds_bos = bos_token_id, adds_bos
+
+    def encode(self, text, add_special_tokens=True):
+        ids = [self.bos_token_id] if text.startswith("<bos>") else []
+        ids += [len(w) for w in text.removeprefix("<bos>").split()]
+        return ([self.bos_token_id] if add_special_tokens and self.adds_bos else []) + ids
+
+
+def test_prompts_start_with_bos_where_the_tokenizer_adds_one_and_never_twice():
+    from vpd_bench.training.teacher_prompt import encode_prompt
+    gemma_like = _Tok(0, adds_bos=True)
+    assert encode_prompt(gemma_like, "Question: what Answer:") == [0, 9, 4, 7]
+    assert encode_prompt(gemma_like, "<bos>Question: what") == [0, 9, 4]        # a chat template wrote it
+    assert encode_prompt(_Tok(100, adds_bos=False), "Question: what") == [9, 4]  # SmolLM2, Qwen
+    assert encode_prompt(_Tok(None, adds_bos=False), "Question: what") == [9, 4]
+
+
+def test_teacher_prompts_get_the_bos_too():
+    from vpd_bench.rollout.batch import Feedback
+    from vpd_bench.training.teacher_prompt import build_teacher_prompt
+    templates = OmegaConf.create({"demonstration": "Shown: {demonstration}", "feedback": "Said: {feedback}",
+                                  "instruction": "Again:"})
+    tp = build_teacher_prompt("Question: what", Feedback(text="wrong"), templates, _Tok(0, adds_bos=True),
+                              chat=False, max_length=64)
+    assert tp.ids[0] == 0 and tp.ids[1:] == [len(w) for w in tp.text.split()]

@@ -70,6 +70,21 @@ def test_finished_rows_stop_and_are_reported(tiny):
             assert len(ids) == 30
 
 
+def test_a_stop_string_ends_the_response_where_it_first_appears(tiny):
+    tok = tiny.tokenizer
+    engine = HFEngine(tiny.model, tok)
+    free = engine.generate(prompts(tok)[:1], 1, 24, seed=3, ignore_eos=True).response_ids[0]
+    texts = [tok.decode(free[:k + 1], skip_special_tokens=False) for k in range(len(free))]
+    # a stop string the sampled response first contains after a few tokens (same seed, same draws)
+    k = next(k for k in range(3, len(free)) if tok.decode([free[k]]).strip()
+             and tok.decode([free[k]]).strip() not in texts[k - 1])
+    stop = tok.decode([free[k]]).strip()
+    g = engine.generate(prompts(tok)[:1], 1, 24, seed=3, ignore_eos=True, stop=[stop])
+    assert g.finish_reasons == ["stop"]
+    assert g.response_ids[0] == free[:k + 1]          # cut right after it, the stop string kept
+    assert stop in tok.decode(g.response_ids[0]) and stop not in texts[k - 1]
+
+
 def test_packed_scoring_equals_unpadded(tiny):
     tok, model = tiny.tokenizer, tiny.model
     ps = prompts(tok)

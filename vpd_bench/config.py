@@ -118,7 +118,19 @@ def compose(method: str = "grpo", task: str = "debug", feedback: str | None = No
         raise UserError(f"setting must be 'instruct' or 'cold_start', got {cfg.setting!r}")
     from vpd_bench.validation import check_config
     check_config(cfg, base, user)          # types and ranges, before anything is created
-    return whole_eval_file(cfg, user)
+    return raw_prompt_stop(whole_eval_file(cfg, user), user)
+
+
+def raw_prompt_stop(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
+    """Raw completion prompts (``task=cold_start``, ``setting=cold_start``) stop at the next
+    "Question:" / "Answer:" (``tasks.answers.RAW_PROMPT_STOP``) unless ``rollout.stop`` is set
+    (on the command line, ``rollout.stop=[]`` included, or by a preset): a base model has no end
+    of turn, and without a stop it repeats the question until the token limit."""
+    from vpd_bench.tasks.answers import RAW_PROMPT_STOP, use_raw_prompts
+    keys = {ov.split("=", 1)[0].lstrip("+~") for ov in overrides}
+    if use_raw_prompts(cfg) and "rollout.stop" not in keys and not cfg.rollout.stop:
+        cfg.rollout.stop = list(RAW_PROMPT_STOP)
+    return cfg
 
 
 def whole_eval_file(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:

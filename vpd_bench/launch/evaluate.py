@@ -15,7 +15,7 @@ from vpd_bench.evaluation.policy import evaluate_policy
 from vpd_bench.models.loading import load_model
 from vpd_bench.evaluation.results import CONFIG_FILE, SAMPLES_FILE, atomic_write_text
 from vpd_bench.training.store import RunStore, load_weights
-from vpd_bench.training.teacher_prompt import render_prompt
+from vpd_bench.training.teacher_prompt import encode_prompt, render_prompt
 
 
 def load_run(run_dir: Path, overrides=()):
@@ -63,7 +63,7 @@ def eval_main(args) -> int:
     loaded.model.eval()
 
     def encode(text):
-        return tok.encode(render_prompt(tok, text, chat), add_special_tokens=False)
+        return encode_prompt(tok, render_prompt(tok, text, chat))
 
     problems = task.eval_problems()
     if int(cfg.eval.num_problems) > 0:

@@ -31,7 +31,7 @@ from vpd_bench.models.loading import LoadedModel, load_model
 from vpd_bench.evaluation.results import RunResult, git_info, read_results, versions, write_results
 from vpd_bench.rollout.scoring import micro_batches, pack, response_logits, token_log_probs
 from vpd_bench.training.store import RunStore, load_weights
-from vpd_bench.training.teacher_prompt import TeacherPrompt, build_teacher_prompt, render_prompt
+from vpd_bench.training.teacher_prompt import TeacherPrompt, build_teacher_prompt, encode_prompt, render_prompt
 from vpd_bench.training.teachers import FrozenTeacher, build_teacher
 from vpd_bench.evaluation.results import RESULTS_FILE
 
@@ -147,7 +147,7 @@ class Trainer:
         raise UserError(f"train.lr_schedule must be constant, linear or cosine, got {t.lr_schedule!r}")
 
     def encode_prompt(self, text: str) -> list[int]:
-        return self.tokenizer.encode(render_prompt(self.tokenizer, text, self.chat), add_special_tokens=False)
+        return encode_prompt(self.tokenizer, render_prompt(self.tokenizer, text, self.chat))
 
     # -- stage 1: generate ------------------------------------------------------------------------
     def sample_problems(self, step: int) -> list:
@@ -169,7 +169,7 @@ class Trainer:
         step's seed."""
         texts = [self.task.render_prompt(p) for p in problems]
         prompt_texts = [render_prompt(self.tokenizer, t, self.chat) for t in texts]
-        prompt_ids = [self.tokenizer.encode(t, add_special_tokens=False) for t in prompt_texts]
+        prompt_ids = [encode_prompt(self.tokenizer, t) for t in prompt_texts]
         r = self.cfg.rollout
         G = int(self.cfg.train.group_size)
         gen = self.engine.generate(prompt_ids, G, int(r.max_new_tokens), temperature=float(r.temperature),

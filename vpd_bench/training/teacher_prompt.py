@@ -28,6 +28,22 @@ def context_block(fb: Feedback, templates) -> str:
     return "\n".join(parts)
 
 
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a rendered prompt, starting with the tokenizer's BOS where the tokenizer adds
+    one by default (gemma, llama) and the text does not already start with it (a chat template
+    that writes it). Raw completion prompts (cold start) otherwise reach the model without BOS,
+    and gemma-3-270m base then only repeats the prompt (0 of 24 greedy answers right, 23 of 48 with
+    BOS: ``scripts/cold_start_fewshot.py --no-bos``). Tokenizers that add no BOS (SmolLM2, Qwen)
+    are unchanged."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None or (ids and ids[0] == bos):
+        return ids
+    if tokenizer.encode("a", add_special_tokens=True)[:1] != [bos]:
+        return ids
+    return [bos] + ids
+
+
 def render_prompt(tokenizer, text: str, chat: bool) -> str:
     if chat:
         return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
@@ -48,7 +64,7 @@ def build_teacher_prompt(problem_text: str, fb: Feedback, templates, tokenizer, 
         return render_prompt(tokenizer, body, chat)
 
     text = assemble(block)
-    ids = tokenizer.encode(text, add_special_tokens=False)
+    ids = encode_prompt(tokenizer, text)
     if len(ids) <= max_length:
         return TeacherPrompt(text, ids, False)
     if truncation == "error":
@@ -67,7 +83,7 @@ def build_teacher_prompt(problem_text: str, fb: Feedback, templates, tokenizer, 
         kept_text = tokenizer.decode(kept, skip_special_tokens=True)
         ctx = f"{marker}{kept_text}" if truncation == "left" else f"{kept_text}{marker}"
         text = assemble(ctx)
-        ids = tokenizer.encode(text, add_special_tokens=False)
+        ids = encode_prompt(tokenizer, text)
         if len(ids) <= max_length:
             return TeacherPrompt(text, ids, True)
         keep -= len(ids) - max_length
