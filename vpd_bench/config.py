@@ -121,14 +121,18 @@ def compose(method: str = "grpo", task: str = "debug", feedback: str | None = No
     return raw_prompt_stop(whole_eval_file(cfg, user), user)
 
 
+def override_keys(overrides: Iterable[str]) -> set[str]:
+    """The config keys a list of ``key=value`` overrides sets (``+``/``~`` prefixes dropped)."""
+    return {ov.split("=", 1)[0].lstrip("+~") for ov in overrides}
+
+
 def raw_prompt_stop(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     """Raw completion prompts (``task=cold_start``, ``setting=cold_start``) stop at the next
     "Question:" / "Answer:" (``tasks.answers.RAW_PROMPT_STOP``) unless ``rollout.stop`` is set
     (on the command line, ``rollout.stop=[]`` included, or by a preset): a base model has no end
     of turn, and without a stop it repeats the question until the token limit."""
     from vpd_bench.tasks.answers import RAW_PROMPT_STOP, use_raw_prompts
-    keys = {ov.split("=", 1)[0].lstrip("+~") for ov in overrides}
-    if use_raw_prompts(cfg) and "rollout.stop" not in keys and not cfg.rollout.stop:
+    if use_raw_prompts(cfg) and "rollout.stop" not in override_keys(overrides) and not cfg.rollout.stop:
         cfg.rollout.stop = list(RAW_PROMPT_STOP)
     return cfg
 
@@ -136,8 +140,7 @@ def raw_prompt_stop(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
 def whole_eval_file(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     """A user's own held-out file (``task.eval_file``) is evaluated whole: ``eval.num_problems``
     becomes 0 (all rows) unless ``overrides`` set it, so a preset's cap never silently drops rows."""
-    keys = {ov.split("=", 1)[0].lstrip("+~") for ov in overrides}
-    if cfg.task.get("eval_file") and "eval.num_problems" not in keys:
+    if cfg.task.get("eval_file") and "eval.num_problems" not in override_keys(overrides):
         cfg.eval.num_problems = 0
     return cfg
 

@@ -6,6 +6,8 @@ feedback), never the problem or the chat template, so the teacher always sees th
 """
 from __future__ import annotations
 
+import contextlib
+import weakref
 from dataclasses import dataclass
 
 from vpd_bench.rollout.batch import Feedback
@@ -37,11 +39,24 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     are unchanged."""
     ids = tokenizer.encode(text, add_special_tokens=False)
     bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None or (ids and ids[0] == bos):
-        return ids
-    if tokenizer.encode("a", add_special_tokens=True)[:1] != [bos]:
+    if bos is None or (ids and ids[0] == bos) or not _adds_bos(tokenizer, bos):
         return ids
     return [bos] + ids
+
+
+_ADDS_BOS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _adds_bos(tokenizer, bos: int) -> bool:
+    """Whether the tokenizer puts BOS in front by default: asked once per tokenizer, since every
+    student and teacher prompt of every step comes through :func:`encode_prompt`."""
+    try:
+        return _ADDS_BOS[tokenizer]
+    except (KeyError, TypeError):         # TypeError: not weak-referenceable, asked every time
+        adds = tokenizer.encode("a", add_special_tokens=True)[:1] == [bos]
+    with contextlib.suppress(TypeError):
+        _ADDS_BOS[tokenizer] = adds
+    return adds
 
 
 def render_prompt(tokenizer, text: str, chat: bool) -> str:
