@@ -197,3 +197,22 @@ def test_the_report_writes_the_claims_table(tmp_path):
     assert "**does not hold**" in md and "Rule:" in md
     assert "The paper&#x27;s claims" in written["report.html"].read_text() or \
         "The paper's claims" in written["report.html"].read_text()
+
+
+def test_the_cold_start_asks_the_method_comparisons_beside_the_papers_mirror_claim(tmp_path):
+    """On task cold_start (the regime where the base model's teacher reads a sibling) VPD vs GRPO and
+    VPD vs SDPO are asked as on any task, and the paper's "GRPO beats VPD from a cold start" is their
+    mirror: the same paired difference with its sign turned."""
+    root = tmp_path / "runs"
+    for s in SEEDS:
+        write_run(root, "grpo", "none", s, {0: base(s), 10: shift(s, 2)}, task="cold_start")
+        write_run(root, "vpd", "sibling", s, {0: base(s), 10: shift(s, 1)}, task="cold_start")
+        write_run(root, "sdpo", "sibling", s, {0: base(s), 5: shift(s, 1), 10: base(s)}, task="cold_start")
+    rows = {(r["claim"], r["task"]): r for r in evaluate_claims(load_runs(root))}
+    vs_grpo, mirror = rows[("vpd_vs_grpo", "cold_start")], rows[("cold_start_grpo", "cold_start")]
+    assert vs_grpo["estimate"] == pytest.approx(-0.25) and vs_grpo["mark"] == FAILS
+    assert mirror["estimate"] == pytest.approx(0.25) and mirror["mark"] == HOLDS
+    assert vs_grpo["ci_low"] == pytest.approx(-mirror["ci_high"])
+    assert rows[("vpd_vs_sdpo", "cold_start")]["estimate"] == pytest.approx(0.25)
+    assert rows[("vpd_vs_sdpo", "cold_start")]["feedback"] == "sibling"
+    assert rows[("sdpo_late_decline", "cold_start")]["estimate"] == pytest.approx(0.25)
