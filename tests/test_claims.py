@@ -216,3 +216,22 @@ def test_the_cold_start_asks_the_method_comparisons_beside_the_papers_mirror_cla
     assert rows[("vpd_vs_sdpo", "cold_start")]["estimate"] == pytest.approx(0.25)
     assert rows[("vpd_vs_sdpo", "cold_start")]["feedback"] == "sibling"
     assert rows[("sdpo_late_decline", "cold_start")]["estimate"] == pytest.approx(0.25)
+
+
+def test_a_setting_one_method_ran_labelled_pairs_with_the_other_methods_plain_runs_at_that_value(tmp_path):
+    """vpd[teacher=ema] against plain sdpo, whose own config holds teacher=ema (its default): a
+    VPD-vs-SDPO row at that setting; plain sdpo runs at another teacher give none."""
+    root = tmp_path / "runs"
+    for s in SEEDS:
+        write_run(root, "sdpo", "env+sibling", s, {0: base(s), 10: shift(s, 1)}, method_config={"teacher": "ema"})
+        write_run(root, "vpd", "env+sibling", s, {0: base(s), 10: base(s)}, method_config={"teacher": "trained"})
+        write_run(root, "vpd[teacher=ema]", "env+sibling", s, {0: base(s), 10: shift(s, 2)})
+    rows = [r for r in evaluate_claims(load_runs(root)) if r["claim"] == "vpd_vs_sdpo"]
+    assert [r["comparison"] for r in rows] == ["vpd \u2212 sdpo", "vpd[teacher=ema] \u2212 sdpo (at teacher=ema)"]
+    assert rows[0]["estimate"] == pytest.approx(-0.25)
+    assert rows[1]["estimate"] == pytest.approx(0.25) and rows[1]["n_seeds"] == 3 and rows[1]["mark"] == HOLDS
+    other = tmp_path / "other"
+    for s in SEEDS:
+        write_run(other, "sdpo", "env+sibling", s, {0: base(s), 10: base(s)}, method_config={"teacher": "live"})
+        write_run(other, "vpd[teacher=ema]", "env+sibling", s, {0: base(s), 10: shift(s, 1)})
+    assert not any("teacher=ema" in r["comparison"] for r in evaluate_claims(load_runs(other)))

@@ -231,27 +231,44 @@ def _compare(claim, groups, task, metric, better, worse, better_variant=None, wo
     return _row(claim, task, feedback, comparison, est, lo, hi, how, n)
 
 
+def _at_setting(groups, task: str, method: str, setting: str) -> tuple[str, dict[str, list[RunRecord]]]:
+    """One side of a comparison at a grid setting (a label's bracket, ``[distill_stop=false]``):
+    ``(label, {feedback: runs})`` of the runs labelled exactly ``method<setting>``, or else of the
+    plain ``method`` runs whose own config holds every value of the setting (SDPO's default teacher
+    is ``ema``, so plain ``sdpo`` is the other side of ``vpd[teacher=ema]``); ``{}`` when neither."""
+    label = method + setting
+    exact = {fb: members for (t, fb, m), members in groups.items() if t == task and m == label}
+    if exact:
+        return label, exact
+    values = _bracket(label)[1]
+    plain = {fb: members for (t, fb, m), members in groups.items()
+             if t == task and m == method and members
+             and all(str(_config_value(r.config, k)) == str(v) for r in members for k, v in values.items())}
+    return (f"{method} (at {setting[1:-1]})", plain) if plain else (label, {})
+
+
 def _shared_settings(groups, task: str, a: str, b: str) -> list[str]:
-    """The grid settings (a label's bracket, ``[distill_stop=false]``) that both methods ``a`` and
-    ``b`` ran on ``task`` under exactly the same label, e.g. ``sdpo[distill_stop=false]`` and
-    ``vpd[distill_stop=false]``: the methods can then be compared at that setting too."""
+    """The grid settings (a label's bracket, ``[distill_stop=false]``) at which both methods ``a``
+    and ``b`` ran on ``task``: one labelled with it and the other labelled alike
+    (``sdpo[distill_stop=false]`` and ``vpd[distill_stop=false]``) or plain with that value in its
+    config; the methods can then be compared at that setting too."""
     def settings(method):
         return {label[len(method):] for (t, _fb, label) in groups
                 if t == task and _bracket(label)[0] == method and _bracket(label)[1]}
-    return sorted(settings(a) & settings(b))
+    return sorted(setting for setting in settings(a) | settings(b)
+                  if _at_setting(groups, task, a, setting)[1] and _at_setting(groups, task, b, setting)[1])
 
 
 def _compare_at_setting(claim, groups, task, metric, better, worse, setting: str) -> dict | None:
-    """``better<setting>`` against ``worse<setting>``, the exact labels, on the feedback source they
-    share (the headline one where both have it); None when they share no source."""
-    lb, lw = better + setting, worse + setting
-    common = ({fb for (t, fb, label) in groups if t == task and label == lb}
-              & {fb for (t, fb, label) in groups if t == task and label == lw})
+    """``better`` against ``worse`` at one setting (each side as ``_at_setting`` finds it), on the
+    feedback source they share (the headline one where both have it); None when they share none."""
+    lb, runs_b = _at_setting(groups, task, better, setting)
+    lw, runs_w = _at_setting(groups, task, worse, setting)
+    common = set(runs_b) & set(runs_w)
     if not common:
         return None
     fb = HEADLINE_FEEDBACK if HEADLINE_FEEDBACK in common else sorted(common)[0]
-    est, lo, hi, how, n = _paired(_seed_scores(groups[(task, fb, lw)], metric),
-                                  _seed_scores(groups[(task, fb, lb)], metric))
+    est, lo, hi, how, n = _paired(_seed_scores(runs_w[fb], metric), _seed_scores(runs_b[fb], metric))
     return _row(claim, task, fb, f"{lb} \u2212 {lw}", est, lo, hi, how, n)
 
 
