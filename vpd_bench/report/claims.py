@@ -136,8 +136,7 @@ def _side(groups, task: str, method: str, feedback: str | None = None,
         e.g. the comparison's ``vpd`` runs are the ``prior=student`` / ``estep_every=5`` side of an
         ablation that ran only the other values (``vpd[prior=initial]``)."""
         base, values = _bracket(label)
-        return (base == method and not values and bool(variant) and bool(members)
-                and all(str(_config_value(r.config, k)) == str(v) for r in members for k, v in variant.items()))
+        return base == method and not values and bool(variant) and _runs_hold(members, variant)
 
     found = {fb: members for (t, fb, m), members in groups.items() if t == task and matches(m)}
     if not found and variant:           # no run labelled with these values: the plain runs, if at them
@@ -150,6 +149,11 @@ def _side(groups, task: str, method: str, feedback: str | None = None,
         return HEADLINE_FEEDBACK, found[HEADLINE_FEEDBACK]
     fb = sorted(found, key=lambda f: (-len(found[f]), f))[0]
     return fb, found[fb]
+
+
+def _runs_hold(members: list[RunRecord], values: dict) -> bool:
+    """Whether there are runs and every one's own config holds every value (``{"prior": "student"}``)."""
+    return bool(members) and all(str(_config_value(r.config, k)) == str(v) for r in members for k, v in values.items())
 
 
 def _config_value(config: dict, key: str):
@@ -242,21 +246,18 @@ def _at_setting(groups, task: str, method: str, setting: str) -> tuple[str, dict
         return label, exact
     values = _bracket(label)[1]
     plain = {fb: members for (t, fb, m), members in groups.items()
-             if t == task and m == method and members
-             and all(str(_config_value(r.config, k)) == str(v) for r in members for k, v in values.items())}
+             if t == task and m == method and _runs_hold(members, values)}
     return (f"{method} (at {setting[1:-1]})", plain) if plain else (label, {})
 
 
 def _shared_settings(groups, task: str, a: str, b: str) -> list[str]:
-    """The grid settings (a label's bracket, ``[distill_stop=false]``) at which both methods ``a``
-    and ``b`` ran on ``task``: one labelled with it and the other labelled alike
-    (``sdpo[distill_stop=false]`` and ``vpd[distill_stop=false]``) or plain with that value in its
-    config; the methods can then be compared at that setting too."""
+    """The grid settings (a label's bracket, ``[distill_stop=false]``) either method ran on ``task``:
+    the candidates at which the two can be compared; ``_compare_at_setting`` drops those where one
+    side has no runs (neither labelled alike nor plain with that value in its config)."""
     def settings(method):
         return {label[len(method):] for (t, _fb, label) in groups
                 if t == task and _bracket(label)[0] == method and _bracket(label)[1]}
-    return sorted(setting for setting in settings(a) | settings(b)
-                  if _at_setting(groups, task, a, setting)[1] and _at_setting(groups, task, b, setting)[1])
+    return sorted(settings(a) | settings(b))
 
 
 def _compare_at_setting(claim, groups, task, metric, better, worse, setting: str) -> dict | None:
