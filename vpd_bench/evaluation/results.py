@@ -7,7 +7,8 @@ Fields (schema version 1):
                    SDFT/OPSD), model, seed, preset, run_dir, setting, task_details (the task's
                    describe(): source, split sizes and seeds), model_details (source, sha256, parameters)}
   config           the fully resolved config (dict)
-  versions         {python, torch, transformers, vpd_bench, platform}
+  versions         {python, torch, transformers, vpd_bench, platform, numerics: {cpu_capability,
+                   threads, kernel_env (only when set)}}; numerics is absent from runs written before 2026-12-06
   git              {revision, dirty}
   engine           engine name and settings
   sampling         {temperature, top_p, top_k, max_new_tokens, group_size}
@@ -140,6 +141,25 @@ def git_info(cwd: str | os.PathLike | None = None) -> dict:
     return info
 
 
+# Environment variables that change which CPU kernels torch, MKL and oneDNN run, and so the
+# floating-point results of a run (recorded when set; see numerics() and docs/reproducibility.md).
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
+
+
+def numerics() -> dict[str, Any]:
+    """What decides a run's floating-point results on this machine besides the code and the seed:
+    the vectorised kernels torch dispatches to (``AVX2`` / ``AVX512`` on x86: the same seed samples
+    different responses on the two paths once a near-tie in the logits is drawn), the intra-op
+    thread count (the order of reductions) and the kernel environment variables, if set."""
+    import torch
+    out: dict[str, Any] = {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                           "threads": torch.get_num_threads()}
+    env = {k: os.environ[k] for k in KERNEL_ENV if os.environ.get(k)}
+    if env:
+        out["kernel_env"] = env
+    return out
+
+
 def versions() -> dict[str, Any]:
     import torch
     import transformers
@@ -147,7 +167,7 @@ def versions() -> dict[str, Any]:
     from vpd_bench import __version__
     return {"python": sys.version.split()[0], "torch": torch.__version__,
             "transformers": transformers.__version__, "vpd_bench": __version__,
-            "platform": platform.platform()}
+            "platform": platform.platform(), "numerics": numerics()}
 
 
 # ----------------------------------------------------------------------------------------------
