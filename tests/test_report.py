@@ -427,3 +427,22 @@ def test_a_single_logged_step_is_drawn_as_points(tmp_path):
         lo, hi = ax.get_xlim()
         assert lo <= 0.5 and hi >= 1.5                      # step 1 in the middle of a readable range
         assert any(line.get_marker() not in (None, "None", "") for line in ax.get_lines())
+
+
+def test_the_header_counts_the_cpu_kernel_paths_and_warns_when_they_differ(tmp_path):
+    from vpd_bench.report.leaderboard import provenance
+    root = tmp_path / "runs"
+    dirs = [write_run(root, "grpo", s, [0.2, 0.3, 0.4]) for s in range(3)]
+    for d, path in zip(dirs, ["AVX2", "AVX512", None]):
+        rec = json.loads((d / "results.json").read_text())
+        rec["versions"] = {"torch": "2.13.0", **({"numerics": {"cpu_capability": path, "threads": 1}} if path else {})}
+        (d / "results.json").write_text(json.dumps(rec))
+    runs = load_runs(root)
+    assert [r.kernel_path for r in runs] == ["AVX2", "AVX512", None]
+    text = provenance(runs)["kernels"]
+    assert text.startswith("AVX2 (1 run), AVX512 (1 run), not recorded (1 run); ")
+    assert "not bit-identical" in text
+    same = provenance(runs[:1])["kernels"]
+    assert same == "AVX2 (1 run)"                             # one path: nothing to warn about
+    md = leaderboard_markdown(build_leaderboard(runs), "pass@1", runs=runs)
+    assert "- CPU kernel path(s) (`versions.numerics.cpu_capability`): AVX2 (1 run), AVX512 (1 run)" in md

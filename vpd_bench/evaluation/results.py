@@ -237,6 +237,15 @@ class RunRecord:
         return git if isinstance(git, dict) else {}
 
     @property
+    def kernel_path(self) -> str | None:
+        """The CPU kernel path the run's numbers came from (``versions.numerics.cpu_capability``,
+        e.g. AVX2 / AVX512), None where results.json does not record it (runs before it did)."""
+        versions = (self.results or {}).get("versions")
+        numerics = versions.get("numerics") if isinstance(versions, dict) else None
+        value = numerics.get("cpu_capability") if isinstance(numerics, dict) else None
+        return str(value) if value else None
+
+    @property
     def revision(self) -> str:
         """Short git revision the run was made from, "+dirty" when the tree had uncommitted changes;
         "unknown" when results.json records none."""

@@ -473,8 +473,8 @@ MDE_FORMULA = ("MDE = (z_0.975 + z_0.80) \u00b7 \u221a(2 p (1 \u2212 p) / n) "
 
 
 def provenance(runs: list[RunRecord]) -> dict[str, str]:
-    """Header facts: git revision(s) with their dirty state and run counts, preset(s), and the
-    evaluation's problems x samples."""
+    """Header facts: git revision(s) with their dirty state and run counts, preset(s), the
+    evaluation's problems x samples, and the CPU kernel path(s) the runs' numbers came from."""
     revs: dict[str, int] = defaultdict(int)
     for r in runs:
         revs[r.revision] += 1
@@ -497,8 +497,15 @@ def provenance(runs: list[RunRecord]) -> dict[str, str]:
     else:
         samples_text = (f"{with_samples} of {len(runs)} runs have {SAMPLES_FILE}; a row with a run without it falls "
                         "back to a t-interval over seeds (column CI)")
+    paths: dict[str, int] = defaultdict(int)
+    for r in runs:
+        paths[r.kernel_path or "not recorded"] += 1
+    kernel_text = ", ".join(f"{k} ({n} run{'s' if n != 1 else ''})" for k, n in sorted(paths.items()))
+    if len(paths) > 1:
+        kernel_text += ("; runs on different paths are equally valid samples but not bit-identical: a seed "
+                        "samples other responses once a near-tie in the logits is drawn")
     return {"revisions": rev_text or "unknown", "presets": ", ".join(presets) or "unknown",
-            "shape": shape_text or "unknown", "samples": samples_text}
+            "shape": shape_text or "unknown", "samples": samples_text, "kernels": kernel_text or "unknown"}
 
 
 def _stats_explanation(baseline: str | None) -> str:
@@ -523,7 +530,8 @@ def leaderboard_markdown(rows: list[dict], metric: str, budget_steps: int | None
         prov = provenance(runs)
         lines += ["", f"- Git revision(s): {prov['revisions']}", f"- Preset(s): {prov['presets']}",
                   f"- Held-out problems \u00d7 samples per evaluation: {prov['shape']}",
-                  f"- Per-problem samples: {prov['samples']}"]
+                  f"- Per-problem samples: {prov['samples']}",
+                  f"- CPU kernel path(s) (`versions.numerics.cpu_capability`): {prov['kernels']}"]
     mde = _mde_lines(rows)
     if mde:
         lines += ["- Smallest detectable difference (MDE): " + "; ".join(mde) + ".", f"  {MDE_FORMULA}."]
