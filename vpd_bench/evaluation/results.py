@@ -142,7 +142,8 @@ def git_info(cwd: str | os.PathLike | None = None) -> dict:
 
 
 # Environment variables that change which CPU kernels torch, MKL and oneDNN run, and so the
-# floating-point results of a run (recorded when set; see numerics() and docs/reproducibility.md).
+# floating-point results of a run (recorded when set; see numerics() and the README's note "Same seed,
+# same numbers: on the same kernels").
 KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
 
 
