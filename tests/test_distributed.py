@@ -58,8 +58,14 @@ def test_two_processes_make_the_same_update_as_one(tmp_path):
         for g1, g2 in zip(one["grads"], two["grads"]):
             pairs = [(a, b) for a, b in zip(g1, g2) if a is not None or b is not None]
             assert pairs and max(float(a.abs().max()) for a, _ in pairs) > 0    # a real gradient
-            for a, b in pairs:      # equal up to summation order in float64: 1e-7 of the tensor scale (seen 1e-8)
-                assert float((a - b).abs().max()) <= 1e-7 * float(a.abs().max()) + 1e-15
+            # GRPO: equal up to summation order in float64 (seen: bit-identical). VPD: its M- and E-step
+            # gradients differ by more than float64 summation noise, ~1e-8 of the tensor scale on AVX2
+            # hosts and up to 2e-7 on AVX-512 ones (seen), so some quantity on its path is held at
+            # float32 precision (not yet found); 1e-6 still fails a wrong shard weighting (a factor
+            # of ~2) or a missing all-reduce by five orders of magnitude
+            tol = 1e-12 if method == "grpo" else 1e-6
+            for a, b in pairs:
+                assert float((a - b).abs().max()) <= tol * float(a.abs().max()) + 1e-15
         # Adam's first steps are ~lr * sign(grad): where |grad| ~ eps, float noise in the gradient
         # moves a weight by a fraction of lr, so parameters are compared to 5% of lr = 1e-3
         for a, b in zip(one["params"], two["params"]):
