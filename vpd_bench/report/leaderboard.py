@@ -472,14 +472,19 @@ MDE_FORMULA = ("MDE = (z_0.975 + z_0.80) \u00b7 \u221a(2 p (1 \u2212 p) / n) "
                "a difference smaller than this is not evidence either way")
 
 
+def _counted(values) -> str:
+    """``"abc1234 (4 runs), def5678 (1 run)"``: each distinct value with its run count, sorted."""
+    counts: dict[str, int] = defaultdict(int)
+    for v in values:
+        counts[v] += 1
+    return ", ".join(f"{v} ({n} run{'s' if n != 1 else ''})" for v, n in sorted(counts.items()))
+
+
 def provenance(runs: list[RunRecord]) -> dict[str, str]:
     """Header facts: git revision(s) with their dirty state and run counts, preset(s), the
     evaluation's problems x samples, and the CPU kernel path(s) the runs' numbers came from."""
-    revs: dict[str, int] = defaultdict(int)
-    for r in runs:
-        revs[r.revision] += 1
     dirty = sum(bool(r.git.get("dirty")) for r in runs)
-    rev_text = ", ".join(f"{rev} ({n} run{'s' if n != 1 else ''})" for rev, n in sorted(revs.items()))
+    rev_text = _counted(r.revision for r in runs)
     if dirty:
         rev_text += f"; {dirty} run{'s' if dirty != 1 else ''} from a working tree with uncommitted changes (+dirty)"
     presets = sorted({r.preset for r in runs if r.preset})
@@ -497,10 +502,8 @@ def provenance(runs: list[RunRecord]) -> dict[str, str]:
     else:
         samples_text = (f"{with_samples} of {len(runs)} runs have {SAMPLES_FILE}; a row with a run without it falls "
                         "back to a t-interval over seeds (column CI)")
-    paths: dict[str, int] = defaultdict(int)
-    for r in runs:
-        paths[r.kernel_path or "not recorded"] += 1
-    kernel_text = ", ".join(f"{k} ({n} run{'s' if n != 1 else ''})" for k, n in sorted(paths.items()))
+    paths = {r.kernel_path or "not recorded" for r in runs}
+    kernel_text = _counted(r.kernel_path or "not recorded" for r in runs)
     if len(paths) > 1:
         kernel_text += ("; runs on different paths are equally valid samples but not bit-identical: a seed "
                         "samples other responses once a near-tie in the logits is drawn")
