@@ -292,9 +292,11 @@ class VPD(SDPO):
         # gave at each response's own iteration, so no pass here
         prior_model = self.initial_prior if self.initial_prior is not None else t.model
         priors = []
+        # the dtype the scores come in (response_logits: float64 for a float64 model, else float32)
+        score_dtype = torch.float64 if next(t.model.parameters()).dtype == torch.float64 else torch.float32
         for mb in mbs:
             if self.prior_timing == "rollout" and all("prior" in items[i] for i in mb):
-                priors.append(torch.tensor([items[i]["prior"] for i in mb], dtype=torch.float32,
+                priors.append(torch.tensor([items[i]["prior"] for i in mb], dtype=score_dtype,
                                            device=next(t.model.parameters()).device))
                 continue
             with torch.no_grad():

@@ -58,11 +58,15 @@ def test_two_processes_make_the_same_update_as_one(tmp_path):
         for g1, g2 in zip(one["grads"], two["grads"]):
             pairs = [(a, b) for a, b in zip(g1, g2) if a is not None or b is not None]
             assert pairs and max(float(a.abs().max()) for a, _ in pairs) > 0    # a real gradient
-            # GRPO: equal up to summation order in float64 (seen: bit-identical). VPD: its M- and E-step
-            # gradients differ by more than float64 summation noise, ~1e-8 of the tensor scale on AVX2
-            # hosts and up to 2e-7 on AVX-512 ones (seen), so some quantity on its path is held at
-            # float32 precision (not yet found); 1e-6 still fails a wrong shard weighting (a factor
-            # of ~2) or a missing all-reduce by five orders of magnitude
+            # GRPO: each rank's micro-batches hold the same rows as in one process (seen: bit-identical).
+            # VPD: its E-step batches by token budget, so the two layouts pad rows differently, and the
+            # float64 backward sums in another order (~1e-16). transformers' LlamaRMSNorm computes in
+            # float32 (`hidden_states.to(torch.float32)`), a down-cast in a float64 model, so those
+            # differences come out rounded to float32: 1e-8 to 2e-7 of the tensor scale (seen; one
+            # process with micro_batch_size 3 vs 1 differs as much, GRPO included, while the model's
+            # forward scores agree to 1e-15 and the final norm's weight gradient to 4e-16). 1e-6
+            # still fails a wrong shard weighting (a factor of ~2) or a missing all-reduce by five
+            # orders of magnitude
             tol = 1e-12 if method == "grpo" else 1e-6
             for a, b in pairs:
                 assert float((a - b).abs().max()) <= tol * float(a.abs().max()) + 1e-15

@@ -194,3 +194,26 @@ def test_short_common_prefixes_are_not_shared(tiny):
     packed = pack(ps, [[5], [6], [7]], tok.pad_token_id)
     from vpd_bench.rollout.scoring import _shared_prefixes
     assert _shared_prefixes(packed) is None
+
+
+@pytest.mark.parametrize("dtype, expected", [(torch.float64, torch.float64), (torch.float32, torch.float32),
+                                             (torch.bfloat16, torch.float32)])
+def test_scores_keep_float64_and_upcast_half_precision(tiny, dtype, expected):
+    """Logits come back in float32 from a bf16 model and in float64 from a float64 one (rounding a
+    float64 model's scores to float32 would put float32 noise into every loss downstream), on the
+    plain, the shared-prompt and the shared-prefix paths alike; float64 scores equal float32 ones."""
+    import copy
+    tok = tiny.tokenizer
+    model = copy.deepcopy(tiny.model).to(dtype)
+    ps = prompts(tok)
+    cases = {"plain": (ps, [[5, 6, 7], [8], [9, 10, 11, 12, 13]]),
+             "shared prompt": ([ps[0]] * 3, [[5, 6, 7], [8], [9, 10]]),
+             "shared prefix": (teacher_like_prompts(tok), [[5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15]])}
+    for name, (p, r) in cases.items():
+        packed = pack(p, r, tok.pad_token_id)
+        with torch.no_grad():
+            logits = response_logits(model, packed)
+            ref = response_logits(tiny.model, packed)
+        assert logits.dtype == expected, name
+        if dtype == torch.float64:
+            assert torch.allclose(logits.float(), ref, atol=1e-4), name

@@ -273,7 +273,8 @@ def _shared_prompt_logits(model, packed: Packed, rep: torch.Tensor, inverse: tor
 
 def response_logits(model, packed: Packed, temperature: float = 1.0, bf16_autocast: bool = False,
                     share_prompts: bool = True) -> torch.Tensor:
-    """Logits that predict each response token: [n, R, V] in float32, divided by temperature.
+    """Logits that predict each response token: [n, R, V] in float32 (float64 for a float64 model),
+    divided by temperature.
 
     ``share_prompts``: rows with an identical prompt (the G samples of a group) run it once and
     share its KV cache; rows whose prompts share a long common prefix (a group's teacher prompts)
@@ -288,10 +289,10 @@ def response_logits(model, packed: Packed, temperature: float = 1.0, bf16_autoca
     cache_kw = "cache" if "cache" in params else "past_key_values"
     if shared is not None:
         with ctx:
-            logits = _shared_prompt_logits(model, packed, *shared, cache_kw).float()
+            logits = _upcast(_shared_prompt_logits(model, packed, *shared, cache_kw))
     elif prefixes is not None:
         with ctx:
-            logits = _shared_prefix_logits(model, packed, *prefixes, cache_kw).float()
+            logits = _upcast(_shared_prefix_logits(model, packed, *prefixes, cache_kw))
     else:
         kwargs = dict(**_token_inputs(model, packed.input_ids), attention_mask=packed.attention_mask,
                       position_ids=packed.position_ids, use_cache=False)
@@ -299,10 +300,16 @@ def response_logits(model, packed: Packed, temperature: float = 1.0, bf16_autoca
             kwargs["logits_to_keep"] = R + 1
         with ctx:
             logits = model(**kwargs).logits
-        logits = logits[:, -(R + 1):-1].float()
+        logits = _upcast(logits[:, -(R + 1):-1])
     if temperature != 1.0:
         logits = logits / temperature
     return logits
+
+
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    """bf16 / fp16 logits to float32; float32 and float64 ones as they are (a float64 model's scores
+    stay float64: rounding them to float32 would put float32 noise into every loss downstream)."""
+    return logits if logits.dtype == torch.float64 else logits.float()
 
 
 def token_log_probs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
