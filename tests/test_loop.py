@@ -245,6 +245,21 @@ def test_parallel_plan_uses_every_core_once():
         parse_jobs("0")
 
 
+def test_an_in_process_sweep_logs_the_threads_it_runs_with(caplog):
+    """--jobs 1 runs in this process: the plan names torch's thread count (OMP_NUM_THREADS=1 gives
+    1), not the cores' share a subprocess would get."""
+    import logging
+    from vpd_bench.launch.sweep import run_local
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with caplog.at_level(logging.INFO, logger="vpd_bench"):
+            assert run_local([], jobs=1) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert "1 parallel job(s) x 1 thread(s) each" in caplog.text
+
+
 def test_validate_prints_the_parallel_plan(tmp_path, capsys):
     assert main(["validate", "--methods", "grpo,sdpo", "--task", "debug", "--model", "tiny-random", "--seeds", "2",
                  "--out", str(tmp_path), "--jobs", "2"]) == 0

@@ -292,6 +292,9 @@ def parse_jobs(text: str) -> int | str:
 def run_local(specs: list[RunSpec], jobs: int | str = "auto", resume: bool = True) -> int:
     """Run specs in-process (one job) or as parallel subprocesses. Returns the number of failures."""
     jobs, threads = parallel_plan(len(specs), jobs)
+    if jobs <= 1:                       # in this process: torch's own thread count (OMP_NUM_THREADS, if set)
+        import torch
+        threads = torch.get_num_threads()
     log.info("plan: %d run(s), %d parallel job(s) x %d thread(s) each (%d core(s))", len(specs), jobs, threads,
              os.cpu_count() or 1)
     if jobs <= 1:
