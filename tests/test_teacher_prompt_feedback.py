@@ -126,3 +126,38 @@ def test_cap_text_limits_chars_and_lines():
     text = "\n".join(["x" * 50] * 30)
     capped = cap_text(text, max_chars=200, max_lines=3)
     assert len(capped) <= 200 + len(" [...]") and capped.count("\n") <= 3
+
+
+def test_a_raw_teacher_prompt_ends_with_the_student_prompts_answer_cue():
+    """Completion prompts (cold start): the teacher prompt ends with the student prompt's last line,
+    so the response is scored right after the cue it was sampled after; chat prompts, and
+    answer_cue=none, end at the instruction."""
+    from tasks.answers import raw_prompt
+    student = raw_prompt("2 + 2 =")
+    assert student.endswith("\nAnswer:")
+    tp = build_teacher_prompt(student, Feedback("DEMO", "FEEDBACK"), TEMPLATES, TOK, False, 4096)
+    head = student[:-len("Answer:")].rstrip()             # the question and its instruction line
+    assert tp.text.startswith(head + "\n\n") and tp.text.count("Answer:") == 1     # the cue moved to the end
+    assert tp.text.endswith(TEMPLATES.instruction + "\nAnswer:")
+    assert tp.text.index("DEMO") < tp.text.index(TEMPLATES.instruction) < tp.text.rindex("Answer:")
+    off = OmegaConf.merge(TEMPLATES, {"answer_cue": "none"})
+    before = build_teacher_prompt(student, Feedback("DEMO", None), off, TOK, False, 4096).text
+    assert before.startswith(student + "\n\n") and before.endswith(TEMPLATES.instruction)
+    older = OmegaConf.create({k: v for k, v in OmegaConf.to_container(TEMPLATES).items() if k != "answer_cue"})
+    assert build_teacher_prompt(student, Feedback("DEMO", None), older, TOK, False, 4096).text.endswith(
+        "\nAnswer:")                                   # a config from before the key: auto
+    chat = build_teacher_prompt(student, Feedback("DEMO", None), TEMPLATES, TOK, True, 4096).text
+    assert chat.endswith("<|im_start|>assistant\n") and TEMPLATES.instruction + "\nAnswer:" not in chat
+    one_line = build_teacher_prompt("Solve 2+2.", Feedback("DEMO", None), TEMPLATES, TOK, False, 4096)
+    assert one_line.text.endswith(TEMPLATES.instruction)        # no cue line to repeat
+    with pytest.raises(UserError, match="answer_cue"):
+        build_teacher_prompt(student, Feedback("DEMO", None), OmegaConf.merge(TEMPLATES, {"answer_cue": "yes"}),
+                             TOK, False, 4096)
+
+
+def test_a_truncated_raw_teacher_prompt_keeps_its_answer_cue():
+    from tasks.answers import raw_prompt
+    student = raw_prompt("2 + 2 =")
+    tp = build_teacher_prompt(student, Feedback(None, "x " * 2000), TEMPLATES, TOK, False, 300)
+    assert tp.truncated and len(tp.ids) <= 300 and tp.text.endswith("\nAnswer:")
+    assert tp.text.startswith(student[:-len("Answer:")]) and tp.text.count("Answer:") == 1

@@ -66,6 +66,31 @@ def render_prompt(tokenizer, text: str, chat: bool) -> str:
     return text
 
 
+ANSWER_CUES = ("auto", "none")
+
+
+def answer_cue(problem_text: str, templates, chat: bool) -> str:
+    """The line a raw (completion) teacher prompt ends with: the student prompt's own last line
+    (``Answer:`` for ``tasks.answers.raw_prompt``), moved from the problem to the end, so the
+    response is scored right after the cue it was sampled after. Before (``none``): the teacher
+    prompt was the whole student prompt, the context block, the instruction; a base-model teacher
+    then put most of its first-token mass on a blank line (gemma-3-270m: the top token after 40 of
+    40 prompts), and distilling from it taught the student to answer with a new ``Answer:`` line
+    alone (a stop string: an empty answer), 28 to 64 of 64 greedy answers within 15-30 steps
+    (results/cpu/README.md §1d). Chat prompts end with the template's assistant turn and get no
+    cue. ``teacher_prompt.answer_cue``: auto | none."""
+    try:
+        mode = templates["answer_cue"]           # absent (an older config): auto; null: none
+    except (KeyError, TypeError, AttributeError):
+        mode = "auto"
+    mode = "none" if mode is None else str(mode)
+    if mode not in ANSWER_CUES:
+        raise UserError(f"teacher_prompt.answer_cue must be one of {', '.join(ANSWER_CUES)}, got {mode!r}")
+    if chat or mode == "none" or "\n" not in problem_text.strip():
+        return ""
+    return problem_text.rstrip().rsplit("\n", 1)[-1].strip()
+
+
 def build_teacher_prompt(problem_text: str, fb: Feedback, templates, tokenizer, chat: bool,
                          max_length: int, truncation: str = "left") -> TeacherPrompt:
     """Teacher prompt for one response. ``truncation``: left (drop the start of the context
@@ -73,9 +98,13 @@ def build_teacher_prompt(problem_text: str, fb: Feedback, templates, tokenizer, 
     if fb.empty:
         return TeacherPrompt(None, None, False)
     block = context_block(fb, templates)
+    cue = answer_cue(problem_text, templates, chat)
+    # a raw prompt's cue moves to the end: left in place, "Answer:" followed by the context block
+    # teaches a base model, in context, that a blank line comes after it
+    head = problem_text.rstrip()[:-len(cue)].rstrip() if cue else problem_text
 
     def assemble(ctx: str) -> str:
-        body = f"{problem_text}\n\n{ctx}\n{templates.instruction}"
+        body = f"{head}\n\n{ctx}\n{templates.instruction}" + (f"\n{cue}" if cue else "")
         return render_prompt(tokenizer, body, chat)
 
     text = assemble(block)
