@@ -27,6 +27,7 @@ import torch
 from vpd_bench import losses as L
 from vpd_bench.errors import UserError
 from vpd_bench.method import Packed, register_method, response_logits, token_log_probs
+from vpd_bench.rollout.scoring import score_dtype
 
 from .sdpo import SDPO
 
@@ -292,12 +293,11 @@ class VPD(SDPO):
         # gave at each response's own iteration, so no pass here
         prior_model = self.initial_prior if self.initial_prior is not None else t.model
         priors = []
-        # the dtype the scores come in (response_logits: float64 for a float64 model, else float32)
-        score_dtype = torch.float64 if next(t.model.parameters()).dtype == torch.float64 else torch.float32
+        param = next(t.model.parameters())
         for mb in mbs:
             if self.prior_timing == "rollout" and all("prior" in items[i] for i in mb):
-                priors.append(torch.tensor([items[i]["prior"] for i in mb], dtype=score_dtype,
-                                           device=next(t.model.parameters()).device))
+                priors.append(torch.tensor([items[i]["prior"] for i in mb], dtype=score_dtype(param.dtype),
+                                           device=param.device))
                 continue
             with torch.no_grad():
                 priors.append(t.sequence_log_probs(prior_model, [items[i]["prompt"] for i in mb],

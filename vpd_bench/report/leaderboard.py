@@ -502,9 +502,9 @@ def provenance(runs: list[RunRecord]) -> dict[str, str]:
     else:
         samples_text = (f"{with_samples} of {len(runs)} runs have {SAMPLES_FILE}; a row with a run without it falls "
                         "back to a t-interval over seeds (column CI)")
-    paths = {r.kernel_path or "not recorded" for r in runs}
-    kernel_text = _counted(r.kernel_path or "not recorded" for r in runs)
-    if len(paths) > 1:
+    paths = [r.kernel_path or "not recorded" for r in runs]
+    kernel_text = _counted(paths)
+    if len(set(paths)) > 1:
         kernel_text += ("; runs on different paths are equally valid samples but not bit-identical: a seed "
                         "samples other responses once a near-tie in the logits is drawn")
     return {"revisions": rev_text or "unknown", "presets": ", ".join(presets) or "unknown",

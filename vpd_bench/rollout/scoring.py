@@ -306,10 +306,15 @@ def response_logits(model, packed: Packed, temperature: float = 1.0, bf16_autoca
     return logits
 
 
+def score_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype scores come in for a model of ``dtype``: float64 for float64, else float32 (a
+    float64 model's scores rounded to float32 would put float32 noise into every loss downstream)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _upcast(logits: torch.Tensor) -> torch.Tensor:
-    """bf16 / fp16 logits to float32; float32 and float64 ones as they are (a float64 model's scores
-    stay float64: rounding them to float32 would put float32 noise into every loss downstream)."""
-    return logits if logits.dtype == torch.float64 else logits.float()
+    """bf16 / fp16 logits to float32; float32 and float64 ones as they are."""
+    return logits.to(score_dtype(logits.dtype))
 
 
 def token_log_probs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:

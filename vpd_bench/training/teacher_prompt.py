@@ -69,8 +69,8 @@ def render_prompt(tokenizer, text: str, chat: bool) -> str:
 ANSWER_CUES = ("auto", "none")
 
 
-def answer_cue(problem_text: str, templates, chat: bool) -> str:
-    """The line a raw (completion) teacher prompt ends with: the student prompt's own last line
+def split_answer_cue(problem_text: str, templates, chat: bool) -> tuple[str, str]:
+    """(the problem without its cue, the cue): the cue is the line a raw (completion) teacher prompt ends with: the student prompt's own last line
     (``Answer:`` for ``tasks.answers.raw_prompt``), moved from the problem to the end, so the
     response is scored right after the cue it was sampled after. Before (``none``): the teacher
     prompt was the whole student prompt, the context block, the instruction; a base-model teacher
@@ -86,9 +86,11 @@ def answer_cue(problem_text: str, templates, chat: bool) -> str:
     mode = "none" if mode is None else str(mode)
     if mode not in ANSWER_CUES:
         raise UserError(f"teacher_prompt.answer_cue must be one of {', '.join(ANSWER_CUES)}, got {mode!r}")
-    if chat or mode == "none" or "\n" not in problem_text.strip():
-        return ""
-    return problem_text.rstrip().rsplit("\n", 1)[-1].strip()
+    text = problem_text.rstrip()
+    if chat or mode == "none" or "\n" not in text.strip():
+        return problem_text, ""
+    head, cue = text.rsplit("\n", 1)
+    return head.rstrip(), cue.strip()
 
 
 def build_teacher_prompt(problem_text: str, fb: Feedback, templates, tokenizer, chat: bool,
@@ -98,10 +100,9 @@ def build_teacher_prompt(problem_text: str, fb: Feedback, templates, tokenizer, 
     if fb.empty:
         return TeacherPrompt(None, None, False)
     block = context_block(fb, templates)
-    cue = answer_cue(problem_text, templates, chat)
     # a raw prompt's cue moves to the end: left in place, "Answer:" followed by the context block
     # teaches a base model, in context, that a blank line comes after it
-    head = problem_text.rstrip()[:-len(cue)].rstrip() if cue else problem_text
+    head, cue = split_answer_cue(problem_text, templates, chat)
 
     def assemble(ctx: str) -> str:
         body = f"{head}\n\n{ctx}\n{templates.instruction}" + (f"\n{cue}" if cue else "")
