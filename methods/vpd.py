@@ -26,8 +26,7 @@ import torch
 
 from vpd_bench import losses as L
 from vpd_bench.errors import UserError
-from vpd_bench.method import Packed, register_method, response_logits, token_log_probs
-from vpd_bench.rollout.scoring import score_dtype
+from vpd_bench.method import Packed, register_method, response_logits, score_dtype, token_log_probs
 
 from .sdpo import SDPO
 

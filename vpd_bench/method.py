@@ -13,7 +13,7 @@ import torch
 from vpd_bench import losses as L
 from vpd_bench.rollout.batch import Feedback, RolloutBatch
 from vpd_bench.registry import lookup
-from vpd_bench.rollout.scoring import Packed, response_logits, token_log_probs  # noqa: F401 (public to methods/)
+from vpd_bench.rollout.scoring import Packed, response_logits, score_dtype, token_log_probs  # noqa: F401 (public to methods/)
 
 log = logging.getLogger("vpd_bench")
 
