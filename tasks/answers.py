@@ -17,7 +17,9 @@ Extraction rules, first match wins (``extract_answer``):
 Equivalence (``answers_equal``): equal after normalisation (``$``, spaces, ``\\left``,
 ``\\dfrac``, trailing full stop, ...) → equal; both read as plain numbers → compared as numbers
 (exact for rationals, relative 1e-6 otherwise); otherwise the backend decides: ``math_verify``
-(when installed), else ``sympy``, else the normalised string alone.
+(when installed), else ``sympy``, else the normalised string alone. A plain-number gold answer
+is never equal to unevaluated arithmetic on literals (``4 + 7`` for 11); an equality chain
+counts by its last side.
 """
 from __future__ import annotations
 
@@ -322,14 +324,48 @@ def _sympy_equal(gold: str, pred: str) -> bool:
         return False
 
 
+_LITERAL = r"\(*[-+]?(?:\d+\.?\d*|\.\d+)\)*"
+_ARITHMETIC_RE = re.compile(rf"{_LITERAL}(?:(?:[-+*/×÷^]|\\times|\\cdot|\\div){_LITERAL})+")
+
+
+def final_side(text: str) -> str:
+    """``"4 + 9 = 13"`` -> ``"13"``: what an answer written as a chain of equalities ends with
+    (the answer itself when it has no plain ``=``)."""
+    if re.search(r"[<>!=]=|=[=<>]", text):
+        return text
+    return text.rsplit("=", 1)[1] if "=" in text else text
+
+
+def unevaluated_arithmetic(text: str) -> bool:
+    """Whether ``text`` is arithmetic on number literals left unevaluated (``4 + 7``, ``7-5``,
+    ``2^3``, ``(3+4)*2``): a restatement of an arithmetic question, not its value."""
+    s = normalize_answer(text)
+    return to_number(s) is None and bool(_ARITHMETIC_RE.fullmatch(s))
+
+
 def answers_equal(gold: Any, pred: str | None, backend: str = "auto") -> bool:
-    """Whether ``pred`` is the same answer as ``gold`` (see the module docstring)."""
+    """Whether ``pred`` is the same answer as ``gold`` (see the module docstring).
+
+    When the gold answer is a plain number, the prediction must show a value: an answer that
+    ends with unevaluated arithmetic on literals (``4 + 7`` for 11, or ``x = 7 - 5``) is not
+    equal, though a symbolic backend would evaluate it. Without this rule a model asked "What
+    is 4 + 7?" earned full reward for copying the expression: GRPO on the cold start learned
+    to answer "The final answer is 4 + 7." for 307 of 309 passing held-out samples in 30 steps
+    (results/cpu/README.md §1j). An equality chain counts by its last side (``4 + 9 = 13``)."""
     if pred is None:
         return False
     gold, pred = str(gold), str(pred)
     if normalize_answer(gold) == normalize_answer(pred):
         return True
-    gold_number, pred_number = to_number(gold), to_number(pred)
+    gold_number = to_number(gold)
+    if gold_number is not None:
+        shown = final_side(pred)
+        if unevaluated_arithmetic(shown):
+            return False
+        shown_number = to_number(shown)
+        if shown_number is not None:
+            return numbers_equal(gold_number, shown_number)
+    pred_number = to_number(pred)
     if gold_number is not None and pred_number is not None:
         return numbers_equal(gold_number, pred_number)
     backend = resolve_backend(backend)

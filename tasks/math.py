@@ -27,9 +27,9 @@ import zlib
 from vpd_bench.errors import UserError
 from vpd_bench.registry import suggest
 
-from .answers import (answers_equal, clip, extract_answer, fill, leading_number, load_file_rows,
+from .answers import (answers_equal, clip, extract_answer, fill, final_side, leading_number, load_file_rows,
                       load_hub_rows, normalize_answer, package_data_file, question_key, raw_prompt,
-                      require, resolve_backend, to_plain, use_raw_prompts)
+                      require, resolve_backend, to_plain, unevaluated_arithmetic, use_raw_prompts)
 from .base import Problem, Task, Verdict, register_task
 from .eval_file import answer_text, held_out_file, parse_rows, text_field
 
@@ -424,8 +424,8 @@ class MathTask(Task):
         if answer is None:
             return Verdict(0.0, "format", FORMAT_FEEDBACK, extras={"extracted": None, "rule": rule})
         correct = answers_equal(problem.answer, answer, self.backend)
-        if not correct and rule != "boxed":
-            number = leading_number(answer)          # "42 apples" -> "42"
+        if not correct and rule != "boxed" and not unevaluated_arithmetic(final_side(answer)):
+            number = leading_number(answer)          # "42 apples" -> "42", not "4 + 7" -> "4"
             if number is not None and normalize_answer(number) != normalize_answer(answer):
                 correct = answers_equal(problem.answer, number, self.backend)
         extras = {"extracted": answer, "rule": rule}

@@ -1,6 +1,7 @@
 """The math task: answer extraction, equivalence, feedback that never leaks, splits, loaders."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -88,9 +89,13 @@ def test_last_boxed_handles_nested_braces():
 
 EQUAL = [("1/2", "0.5"), ("\\frac{1}{2}", "0.5"), ("\\frac{1}{2}", "1/2"), ("0.5", "\\dfrac12"),
          ("-4", "-4.0"), ("1000", "1,000"), ("$7$", "7"), ("5", "x = 5"), ("-\\frac{3}{4}", "-0.75"),
-         ("\\frac{\\sqrt{2}}{2}", "\\sqrt{2}/2"), ("x^2+1", "1+x^2"), ("No", "no"), ("2.50", "2.5")]
+         ("\\frac{\\sqrt{2}}{2}", "\\sqrt{2}/2"), ("x^2+1", "1+x^2"), ("No", "no"), ("2.50", "2.5"),
+         ("13", "4 + 9 = 13"), ("2", "x = 7 - 5 = 2"), ("-3", "(-3)"), ("2^{10}", "2^10"), ("0.5", "2/4")]
 UNEQUAL = [("1/2", "0.51"), ("3", "3.0001"), ("-4", "4"), ("7", "17"), ("x^2+1", "x^2-1"),
-           ("\\frac{1}{3}", "0.33"), ("Yes", "No")]
+           ("\\frac{1}{3}", "0.33"), ("Yes", "No"),
+           # unevaluated arithmetic restates the question; a symbolic backend would evaluate it
+           ("11", "4 + 7"), ("2", "7-5"), ("-1", "7 - 8"), ("8", "2^3"), ("14", "(3+4)*2"),
+           ("2", "x = 7 - 5"), ("12", "4 \\times 3"), ("0", "0 + 0."), ("3", "7 - 5 = 2")]
 
 
 @pytest.mark.parametrize("gold, pred", EQUAL)
@@ -108,6 +113,21 @@ def test_every_backend_reads_numbers_and_fractions(backend):
     for gold, pred in [("1/2", "0.5"), ("\\frac{1}{2}", "0.5"), ("-3", "-3.0"), ("1,000", "1000")]:
         assert answers_equal(gold, pred, backend)
     assert not answers_equal("1/2", "0.6", backend)
+
+
+@pytest.mark.parametrize("backend", ["math_verify", "sympy"])
+def test_no_backend_accepts_a_restated_arithmetic_question(backend):
+    # math-verify and sympy evaluate "4 + 7" to 11: the rule must hold before they are asked
+    assert not answers_equal("11", "4 + 7", backend)
+    assert answers_equal("11", "4 + 7 = 11", backend)
+
+
+def test_a_restated_question_fails_verification_even_through_the_leading_number(generated):
+    problem = dataclasses.replace(generated.train_problems()[0], answer="4")
+    for response in ("The final answer is 4 + 7.", "Answer: 4 - 0", "\\boxed{4+0}"):
+        assert generated.verify(problem, response).status == "fail", response
+    assert generated.verify(problem, "The final answer is 4 + 0 = 4.").status == "pass"
+    assert generated.verify(problem, "The final answer is 4 apples.").status == "pass"
 
 
 def test_sympy_backend_compares_expressions():
