@@ -1,4 +1,4 @@
-"""The `vpd-bench` command: run, validate, ls, tune, eval, probe, report, verify."""
+"""The `vpd-bench` command: run, validate, ls, tune, eval, probe, report, verify, rescore."""
 from __future__ import annotations
 
 import argparse
@@ -335,6 +335,25 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_rescore(args) -> int:
+    from vpd_bench.evaluation.rescore import rescore
+
+    def show(run, last):
+        print(f"{run}: step {last['step']} pass@1 {_fmt(last['pass@1_recorded'])} -> {_fmt(last['pass@1_rejudged'])}, "
+              f"greedy {_fmt(last['greedy_recorded'])} -> {_fmt(last['greedy_rejudged'])}", flush=True)
+
+    rows = rescore(args.paths, out=args.out, progress=show)
+    changed = sum(r["pass_to_fail"] + r["fail_to_pass"] for r in rows)
+    runs = len({r["run"] for r in rows})
+    print(f"{runs} run(s), {len(rows)} evaluation(s): {changed} saved response(s) change verdict"
+          + (f"; per step in {args.out}" if args.out else ""))
+    return 0
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vpd-bench", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -423,11 +442,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train: training-side tests (what training sees); eval: all tests "
                         "(default: eval for held-out problems, train otherwise)")
     v.add_argument("overrides", nargs="*")
+    rs = sub.add_parser("rescore", help="judge a run's saved held-out samples again with the current verifier",
+                        description="Rebuild each run's task from its config.yaml, judge every response in its "
+                                    "eval_samples.jsonl again, and print pass@1 and greedy as recorded and as "
+                                    "re-judged (the last evaluation per run). The run folders are only read. The "
+                                    "training still saw the old rewards: re-run a run whose training exploited "
+                                    "a verifier hole.")
+    rs.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run folders, or folders above them")
+    rs.add_argument("--out", default=None, metavar="CSV", help="write every evaluation step's row to this CSV")
     return p
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "eval": cmd_eval, "report": cmd_report,
-            "verify": cmd_verify, "tune": cmd_tune, "probe": cmd_probe}
+            "verify": cmd_verify, "tune": cmd_tune, "probe": cmd_probe, "rescore": cmd_rescore}
 
 
 def parse(argv):

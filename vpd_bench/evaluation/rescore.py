@@ -1,0 +1,106 @@
+"""Re-score a run's saved held-out samples with the current verifier, without re-training.
+
+After a verifier fix, a researcher needs to know how much of a committed number the old verifier
+made up. Each run folder holds ``config.yaml`` (the resolved config: the same task, problems and
+split) and ``eval_samples.jsonl`` (every held-out response with the reward it got). ``rescore``
+rebuilds the task from the config, judges every saved response again, and reports per evaluation
+step the pass@1 as recorded and as re-judged, and how many samples changed verdict.
+
+The re-judged number describes the same responses; the training itself still saw the old
+rewards, so a run whose *training* exploited a verifier hole must be re-run to be measured.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from vpd_bench.errors import UserError
+from vpd_bench.evaluation.results import PASS_REWARD, SAMPLES_FILE
+
+FIELDS = ("run", "step", "problems", "pass@1_recorded", "pass@1_rejudged", "greedy_recorded", "greedy_rejudged",
+          "pass_to_fail", "fail_to_pass")
+
+
+def find_runs(paths: list[str]) -> list[Path]:
+    """Run folders (holding config.yaml and eval_samples.jsonl) at or under ``paths``."""
+    runs: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise UserError(f"no such run folder: {p}")
+        found = [p] if (p / SAMPLES_FILE).is_file() else sorted(s.parent for s in p.rglob(SAMPLES_FILE))
+        runs.extend(r for r in found if (r / "config.yaml").is_file())
+    if not runs:
+        raise UserError(f"no run folders with config.yaml and {SAMPLES_FILE} under {', '.join(paths)}")
+    return runs
+
+
+def rescore_run(run: Path, task=None) -> list[dict]:
+    """One row per evaluation step of ``run``: pass@1 (sampled responses) and greedy, as recorded
+    and as re-judged, and how many responses changed verdict (sampled and greedy together).
+    A resumed run's later rows for the same step, problem and sample replace earlier ones, as
+    in the report."""
+    if task is None:
+        from vpd_bench.tasks import build_task
+        task = build_task(OmegaConf.load(run / "config.yaml"))
+    problems = {p.id: p for p in task.train_problems()}
+    problems.update({p.id: p for p in task.eval_problems()})
+    saved: dict[tuple, tuple[str, float]] = {}
+    with open(run / SAMPLES_FILE, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                key = (int(row["step"]), str(row["problem_id"]), row["sample"])
+                saved[key] = (str(row["response"]), float(row["reward"]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                raise UserError(f"{run / SAMPLES_FILE}, line {n}: not a sample row ({err})") from None
+            if key[1] not in problems:
+                raise UserError(f"{run / SAMPLES_FILE}, line {n}: problem {key[1]!r} is not in the task its "
+                                f"config.yaml builds; was the run made with another task or data version?")
+    # per step: {kind: [count, recorded passes, re-judged passes]}, flips
+    steps: dict[int, dict] = defaultdict(lambda: {"sampled": [0, 0, 0], "greedy": [0, 0, 0], "flips": [0, 0],
+                                                  "problems": set()})
+    for (step, pid, sample), (response, old) in saved.items():
+        # evaluations judge validation and held-out samples alike, with the held-out checks
+        new = float(task.verify(problems[pid], response, split="eval").reward)
+        acc = steps[step]
+        tally = acc["greedy" if sample == "greedy" else "sampled"]
+        tally[0] += 1
+        tally[1] += old >= PASS_REWARD
+        tally[2] += new >= PASS_REWARD
+        acc["flips"][0] += old >= PASS_REWARD > new
+        acc["flips"][1] += new >= PASS_REWARD > old
+        acc["problems"].add(pid)
+
+    def rate(t, i):
+        return t[i] / t[0] if t[0] else None
+
+    return [{"run": str(run), "step": step, "problems": len(a["problems"]),
+             "pass@1_recorded": rate(a["sampled"], 1), "pass@1_rejudged": rate(a["sampled"], 2),
+             "greedy_recorded": rate(a["greedy"], 1), "greedy_rejudged": rate(a["greedy"], 2),
+             "pass_to_fail": a["flips"][0], "fail_to_pass": a["flips"][1]}
+            for step, a in sorted(steps.items())]
+
+
+def rescore(paths: list[str], out: str | None = None, progress=None) -> list[dict]:
+    """Re-score every run at or under ``paths``; write a CSV to ``out`` when given."""
+    rows: list[dict] = []
+    for run in find_runs(paths):
+        rows.extend(rescore_run(run))
+        if progress:
+            progress(run, rows[-1])
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(str(out) + ".tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=FIELDS)
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+        tmp.replace(out)
+    return rows
