@@ -180,6 +180,29 @@ def test_every_evaluation_logs_each_problem_and_sample(tmp_path):
         assert sum(greedy) / 4 == pytest.approx(m["greedy"])
 
 
+def test_resuming_under_another_git_revision_warns_and_records_both(tmp_path, monkeypatch, caplog):
+    import vpd_bench.training.loop as loop
+    common = ["--methods", "grpo", "train.checkpoint_every=1", "--out", str(tmp_path)]
+    monkeypatch.setattr(loop, "git_info", lambda: {"revision": "a" * 40, "dirty": False})
+    assert run_cli(*common, "--steps", "2") == 0
+    # the interrupted run's results.json is gone: the checkpoint alone must tell the revision
+    (the_run(tmp_path) / "results.json").unlink()
+    monkeypatch.setattr(loop, "git_info", lambda: {"revision": "b" * 40, "dirty": False})
+    with caplog.at_level("WARNING", logger="vpd_bench"):
+        assert run_cli(*common, "--steps", "3", "--resume") == 0
+    assert any("checkpoint was written at aaaaaaaaaaaa" in r.getMessage() and "bbbbbbbbbbbb" in r.getMessage()
+               for r in caplog.records)
+    git = json.loads((the_run(tmp_path) / "results.json").read_text())["git"]
+    assert git["revision"] == "b" * 40 and git["resumed_from"]["revision"] == "a" * 40
+    # the same revision resumes quietly
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vpd_bench"):
+        assert run_cli(*common, "--steps", "4", "--resume") == 0
+    assert not any("checkpoint was written" in r.getMessage() for r in caplog.records)
+    git = json.loads((the_run(tmp_path) / "results.json").read_text())["git"]
+    assert git["revision"] == "b" * 40 and git["resumed_from"]["revision"] == "a" * 40   # still on record
+
+
 def test_resume_cuts_eval_samples_back_to_the_checkpoint(tmp_path):
     a, b = tmp_path / "A", tmp_path / "B"
     common = ["--methods", "grpo", "train.checkpoint_every=2", "eval.every=1"]

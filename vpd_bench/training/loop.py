@@ -445,6 +445,7 @@ class Trainer:
             # the logs up to this step: a resumed run rebuilds them from here, so a damaged or
             # truncated JSONL file cannot lose steps the model state already holds
             "logs": {name: list(jl.rows) for name, jl in self._logs().items()},
+            "git": dict(getattr(self, "git", None) or {}),      # the code that trained up to here
         }
         self.store.flush()
         self.store.save_checkpoint(step, state, keep=int(self.cfg.train.keep_checkpoints), model=self.model,
@@ -468,6 +469,7 @@ class Trainer:
         random.setstate(state["rng"]["python"])
         self.step, self.wall_time, self.tokens_generated = state["step"], state["wall_time"], state["tokens_generated"]
         self.skipped_updates = int(state.get("skipped_updates", 0))     # absent in checkpoints before it existed
+        self._checkpoint_git = state.get("git") or None      # absent in checkpoints before it existed
         saved = state.get("logs") or {}
         for name, jl in self._logs().items():
             if name in saved:                   # the checkpoint's copy is authoritative
@@ -523,8 +525,17 @@ class Trainer:
         # while a long sweep runs); a resumed run that continues under another revision lists both
         self.git = git_info()
         previous = previous_result(self.store.dir) if resume else None
-        if previous is not None and previous.git.get("revision") not in (None, self.git.get("revision")):
-            self.git["resumed_from"] = previous.git
+        earlier = (getattr(self, "_checkpoint_git", None) or (previous.git if previous is not None else None)
+                   if self.step > 0 else None)
+        if earlier and earlier.get("revision") == self.git.get("revision") and earlier.get("resumed_from"):
+            self.git["resumed_from"] = earlier["resumed_from"]       # an earlier change of code stays on record
+        elif earlier and earlier.get("revision") not in (None, self.git.get("revision")):
+            self.git["resumed_from"] = dict(earlier)                  # nested: each earlier revision in turn
+            log.warning("resuming %s at step %d under git revision %s, but its checkpoint was written at %s: the "
+                        "first %d steps ran other code. results.json records both (git.resumed_from). If the change "
+                        "touches training, rewards or scoring, delete the run folder and start it afresh",
+                        self.store.dir, self.step, str(self.git.get("revision"))[:12],
+                        str(earlier.get("revision"))[:12], self.step)
         self.store.remove_leftovers()
         self.store.write_config(to_yaml(cfg))
         steps = int(cfg.train.steps)
