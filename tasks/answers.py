@@ -351,7 +351,7 @@ def answers_equal(gold: Any, pred: str | None, backend: str = "auto") -> bool:
     equal, though a symbolic backend would evaluate it. Without this rule a model asked "What
     is 4 + 7?" earned full reward for copying the expression: GRPO on the cold start learned
     to answer "The final answer is 4 + 7." for 307 of 309 passing held-out samples in 30 steps
-    (results/cpu/README.md §1j). An equality chain counts by its last side (``4 + 9 = 13``)."""
+    (results/cpu/README.md §1k). An equality chain counts by its last side (``4 + 9 = 13``)."""
     if pred is None:
         return False
     gold, pred = str(gold), str(pred)
