@@ -5,10 +5,9 @@ import csv
 import json
 
 import pytest
-from omegaconf import OmegaConf
 
 from vpd_bench.cli import main
-from vpd_bench.config import compose
+from vpd_bench.config import compose, to_yaml
 from vpd_bench.errors import UserError
 from vpd_bench.evaluation.rescore import rescore, rescore_run
 from vpd_bench.tasks import build_task
@@ -22,8 +21,9 @@ def math_run(tmp_path_factory):
     cfg = compose(task="math", model="tiny-random", overrides=["eval.num_problems=4"])
     task = build_task(cfg)
     problems = task.eval_problems()[:2]
-    run = tmp_path_factory.mktemp("run")
-    OmegaConf.save(cfg, run / "config.yaml")
+    run = tmp_path_factory.mktemp("runs") / "math" / "grpo" / "none" / "seed0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(to_yaml(cfg))        # as a run writes it
     a, b = problems
     assert to_number(a.answer) is not None and answers_equal(a.answer, f"{a.answer} + 0", "string") is False
     rows = [
@@ -62,7 +62,7 @@ def test_rescore_rejudges_every_saved_response(math_run):
 def test_rescore_command_writes_a_csv_and_reads_folders_above_runs(math_run, tmp_path, capsys):
     run, _ = math_run
     out = tmp_path / "rescored.csv"
-    assert main(["rescore", str(run.parent), "--out", str(out)]) == 0
+    assert main(["rescore", str(run.parents[3]), "--out", str(out)]) == 0
     assert "1 saved response(s) change verdict" in capsys.readouterr().out
     table = list(csv.DictReader(out.open()))
     assert [(r["step"], r["pass@1_rejudged"]) for r in table] == [("0", "0.2500"), ("5", "0.5000")]
@@ -79,6 +79,10 @@ def test_rescore_names_the_file_and_line_of_a_bad_row(math_run, tmp_path):
         rescore([str(bad)])
     (bad / "eval_samples.jsonl").write_text(lines[0].replace('"problem_id": "', '"problem_id": "nope/') + "\n")
     with pytest.raises(UserError, match=r"line 1: problem 'nope/.*' is not in the task"):
+        rescore([str(bad)])
+    (bad / "eval_samples.jsonl").write_text(lines[0] + "\n")
+    (bad / "config.yaml").write_text("task:\n  name: math\n")
+    with pytest.raises(UserError, match=r"config.yaml: cannot rebuild the run's task"):
         rescore([str(bad)])
     with pytest.raises(UserError, match="no run folders"):
         rescore([str(tmp_path / "bad" / "config.yaml")])

@@ -43,11 +43,17 @@ def rescore_run(run: Path, task=None) -> list[dict]:
     and as re-judged, and how many responses changed verdict (sampled and greedy together).
     A resumed run's later rows for the same step, problem and sample replace earlier ones, as
     in the report."""
-    if task is None:
-        from vpd_bench.tasks import build_task
-        task = build_task(OmegaConf.load(run / "config.yaml"))
-    problems = {p.id: p for p in task.train_problems()}
-    problems.update({p.id: p for p in task.eval_problems()})
+    try:
+        if task is None:
+            from vpd_bench.tasks import build_task
+            task = build_task(OmegaConf.load(run / "config.yaml"))
+        problems = {p.id: p for p in task.train_problems()}
+        problems.update({p.id: p for p in task.eval_problems()})
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a config that does not build its task, named with its file
+        raise UserError(f"{run / 'config.yaml'}: cannot rebuild the run's task from it "
+                        f"({type(err).__name__}: {err}); is it a config.yaml that `vpd-bench run` wrote?") from None
     saved: dict[tuple, tuple[str, float]] = {}
     with open(run / SAMPLES_FILE, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
