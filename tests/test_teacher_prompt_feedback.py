@@ -90,6 +90,22 @@ def test_sibling_demonstration_is_another_success_never_itself():
     assert fbs[7].demonstration is None and fbs[4].demonstration == "response 7"
 
 
+def test_a_sibling_is_shown_without_the_stop_string_that_ended_it():
+    # raw-prompt runs keep the stop string in the response; a demonstration must not end with it
+    b = batch([1.0, 0.0, 1.0, 0.0])
+    b.response_texts[0] = " 5 + 8 = 13\n\nQuestion:"
+    b.response_texts[2] = " 13\nAnswer: "
+    ctx = Ctx()
+    ctx.stop_strings = ("Question:", "Answer:")
+    fbs = CombinedFeedback(fb_cfg("sibling")).build(b, ctx)
+    assert fbs[1].demonstration == " 5 + 8 = 13" and fbs[0].demonstration == " 13"
+    # chat runs (no stop strings) and text that merely mentions a stop word are left alone
+    b.response_texts[0] = "The Question: is 13"
+    assert CombinedFeedback(fb_cfg("sibling")).build(b, ctx)[1].demonstration == "The Question: is 13"
+    b.response_texts[0] = " 5 + 8 = 13\n\nQuestion:"
+    assert CombinedFeedback(fb_cfg("sibling")).build(b, Ctx())[1].demonstration == " 5 + 8 = 13\n\nQuestion:"
+
+
 def test_env_plus_sibling_merges_both():
     b = batch([1.0, 0.0, 1.0, 0.0])
     fbs = CombinedFeedback(fb_cfg("env+sibling")).build(b, Ctx())

@@ -29,6 +29,20 @@ def cap_text(text: str | None, max_chars: int, max_lines: int) -> str | None:
     return out
 
 
+def without_stop(text: str | None, stops) -> str | None:
+    """A response as it reads to another prompt: without the stop string that ended its
+    generation. Raw-prompt runs keep the stop string in the response (" 5 + 8 = 13\n\nQuestion:"),
+    so a demonstration shown as is ends with a dangling "Question:" line (38 of the 49 shown in
+    the cold-start probe of session 16; results/cpu/README.md §1k)."""
+    if not text or not stops:
+        return text
+    body = text.rstrip()
+    for stop in stops:
+        if stop and body.endswith(stop):
+            return body[:-len(stop)].rstrip()
+    return text
+
+
 class FeedbackSource:
     name = "base"
 
@@ -71,7 +85,7 @@ class SiblingFeedback(FeedbackSource):
         for i in range(batch.num_responses):
             g0 = (i // G) * G
             candidates = [j for j in range(g0, g0 + G) if success[j] and (allow_self or j != i)]
-            demo = batch.response_texts[candidates[0]] if candidates else None
+            demo = without_stop(batch.response_texts[candidates[0]], getattr(ctx, "stop_strings", ())) if candidates else None
             out.append(Feedback(demonstration=cap_text(demo, self.cfg.max_chars * 4, self.cfg.max_lines * 8)))
         return out
 

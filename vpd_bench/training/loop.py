@@ -54,6 +54,8 @@ class FeedbackContext:
         self.trainer = trainer
         self.success_threshold = float(trainer.cfg.train.success_threshold)
         self.allow_self_demonstration = bool(trainer.cfg.teacher_prompt.allow_self_demonstration)
+        # what ended a response: a sibling shown as a demonstration is shown without it
+        self.stop_strings = tuple(str(s) for s in (trainer.cfg.rollout.get("stop") or ()))
         self.seed = int(trainer.cfg.seed)
 
     def encode_prompt(self, text: str) -> list[int]:
