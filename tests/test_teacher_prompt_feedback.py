@@ -52,6 +52,7 @@ class Ctx:
     success_threshold = 1.0
     allow_self_demonstration = False
     seed = 0
+    stop_strings = ()          # chat runs: no stop strings
 
     def __init__(self):
         self.critique_prompts = []

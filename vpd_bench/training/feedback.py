@@ -85,7 +85,7 @@ class SiblingFeedback(FeedbackSource):
         for i in range(batch.num_responses):
             g0 = (i // G) * G
             candidates = [j for j in range(g0, g0 + G) if success[j] and (allow_self or j != i)]
-            demo = without_stop(batch.response_texts[candidates[0]], getattr(ctx, "stop_strings", ())) if candidates else None
+            demo = without_stop(batch.response_texts[candidates[0]], ctx.stop_strings) if candidates else None
             out.append(Feedback(demonstration=cap_text(demo, self.cfg.max_chars * 4, self.cfg.max_lines * 8)))
         return out
 
