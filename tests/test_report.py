@@ -11,6 +11,7 @@ The synthetic tree (task debug), laid out as the run store writes it:
 import csv
 import json
 import math
+import re
 
 import pytest
 
@@ -181,6 +182,21 @@ def test_report_writes_every_file_non_empty(report):
     # One feedback source only: the ablation has no data and is skipped, not drawn empty.
     assert "figures/feedback_ablation.png" not in written
     assert not (out / "figures" / "feedback_ablation.png").exists()
+
+
+def test_a_second_report_of_the_same_runs_is_byte_identical(tree, report, tmp_path):
+    # Committed reports are regenerated whenever a run lands: a figure whose data did not change
+    # must not change either (matplotlib draws random SVG element ids unless svg.hashsalt is set).
+    out, written = report
+    again = tmp_path / "again"
+    with pytest.warns(ReportWarning):
+        second = write_report(tree, again, budget_steps=5)
+    assert sorted(second) == sorted(written)
+    stamp = re.compile(rb"Generated \d{4}-\d\d-\d\dT[\d:]+\+00:00")     # the one line meant to differ
+    changed = [name for name in written
+               if stamp.sub(b"", (out / name).read_bytes()) != stamp.sub(b"", (again / name).read_bytes())]
+    assert changed == []
+    assert stamp.search((out / "leaderboard.md").read_bytes())
 
 
 def test_csv_and_markdown_hold_the_leaderboard(report):

@@ -86,6 +86,7 @@ _RC = {
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
     "grid.linewidth": 0.5, "lines.linewidth": 1.6, "lines.markersize": 4, "svg.fonttype": "none",
     "savefig.dpi": 200, "axes.titlepad": 4, "axes.formatter.useoffset": False,
+    "svg.hashsalt": "vpd-bench",   # fixed SVG element ids: an unchanged figure regenerates byte-identical
 }
 
 
