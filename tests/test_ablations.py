@@ -20,12 +20,13 @@ PLAIN = {0: 0.30, 1: 0.35, 2: 0.40}
 MIDDLE = {0: 0.32, 1: 0.36, 2: 0.38}
 
 
-def write_run(root, folder, feedback, seed, final, middle=0.3, status="complete", task="math"):
+def write_run(root, folder, feedback, seed, final, middle=0.3, status="complete", task="math", sources=None):
     method = folder.split("[")[0]
     d = root / task / folder / feedback / f"seed{seed}"
     d.mkdir(parents=True)
     (d / "config.yaml").write_text(f"seed: {seed}\nmethod:\n  name: {method}\ntask:\n  name: {task}\n"
-                                   f"feedback:\n  name: {feedback}\n")
+                                   f"feedback:\n  name: {feedback}\n"
+                                   + (f"  sources: [{', '.join(sources)}]\n" if sources else ""))
     history = [{"step": s, "wall_time_s": float(s), "metrics": {"pass@1": v, "k": 4, "n_problems": 8}}
                for s, v in ((0, 0.25), (10, middle), (20, final))]
     (d / "eval.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
@@ -78,6 +79,25 @@ def test_each_ablation_is_paired_with_the_runs_it_changes(tmp_path):
     one = got[("sdft[distill_stop=false]", "reference")]       # one seed, no per-problem samples: no interval
     assert one["n_seeds"] == 1 and one["diff_final"] == pytest.approx(0.08)
     assert math.isnan(one["ci_low"]) and math.isnan(one["ci_high"])
+
+
+def test_on_a_task_whose_comparison_read_a_sibling_the_sources_pair_with_the_sibling_runs(tmp_path):
+    """The cold start: the comparison ran on ``sibling`` (4 seeds), the feedback ablation adds
+    3 seeds of ``env`` and one of ``env+sibling``, and the noisy runs corrupt the sibling (their
+    ``feedback.sources``). Every row pairs with the sibling runs, none with env+sibling."""
+    root = tmp_path / "runs"
+    for s in (0, 1, 2):
+        write_run(root, "sdpo", "sibling", s, PLAIN[s], task="cold_start")
+        write_run(root, "sdpo", "env", s, PLAIN[s] - 0.10, task="cold_start")
+        write_run(root, "sdpo[p=0.3]", "noisy", s, PLAIN[s] - 0.05, task="cold_start", sources=["sibling"])
+    write_run(root, "sdpo", "sibling", 3, 0.5, task="cold_start")        # the comparison has more seeds
+    write_run(root, "sdpo", "env+sibling", 0, 0.9, task="cold_start")
+    got = {(r["method"], r["feedback"]): r for r in ablation_table(load_runs(root), "pass@1")}
+    assert set(got) == {("sdpo", "env"), ("sdpo", "env+sibling"), ("sdpo[p=0.3]", "noisy")}
+    assert {r["against_feedback"] for r in got.values()} == {"sibling"}
+    assert got[("sdpo", "env")]["diff_final"] == pytest.approx(-0.10) and got[("sdpo", "env")]["n_seeds"] == 3
+    assert got[("sdpo[p=0.3]", "noisy")]["diff_final"] == pytest.approx(-0.05)
+    assert got[("sdpo", "env+sibling")]["diff_final"] == pytest.approx(0.6) and got[("sdpo", "env+sibling")]["n_seeds"] == 1
 
 
 def test_the_report_writes_the_ablations_table(tmp_path):

@@ -20,6 +20,7 @@ import pytest
 from vpd_bench.evaluation.results import load_runs
 from vpd_bench.report import write_report
 from vpd_bench.report.claims import FAILS, HOLDS, UNTESTABLE, evaluate_claims, mark
+from vpd_bench.report.leaderboard import headline_feedback
 
 PROBLEMS = [f"p{i}" for i in range(8)]
 SEEDS = (0, 1, 2)
@@ -216,6 +217,35 @@ def test_the_cold_start_asks_the_method_comparisons_beside_the_papers_mirror_cla
     assert rows[("vpd_vs_sdpo", "cold_start")]["estimate"] == pytest.approx(0.25)
     assert rows[("vpd_vs_sdpo", "cold_start")]["feedback"] == "sibling"
     assert rows[("sdpo_late_decline", "cold_start")]["estimate"] == pytest.approx(0.25)
+
+
+def test_a_feedback_ablation_with_fewer_seeds_does_not_take_the_comparisons_place(tmp_path):
+    """The cold start's comparison reads ``sibling`` (3 seeds here); its feedback ablation adds one
+    seed of ``env+sibling``, where VPD loses. The claims stay on the source the comparison ran on;
+    only when env+sibling has as many runs does the SDPO default win the tie."""
+    root = tmp_path / "runs"
+    for s in SEEDS:
+        write_run(root, "vpd", "sibling", s, {0: base(s), 10: shift(s, 1)}, task="cold_start")
+        write_run(root, "sdpo", "sibling", s, {0: base(s), 10: base(s)}, task="cold_start")
+    write_run(root, "vpd", "env+sibling", 0, {0: base(0), 10: base(0)}, task="cold_start")
+    write_run(root, "sdpo", "env+sibling", 0, {0: base(0), 10: shift(0, 1)}, task="cold_start")
+    rows = {r["claim"]: r for r in evaluate_claims(load_runs(root)) if r["task"] == "cold_start"}
+    assert rows["vpd_vs_sdpo"]["feedback"] == "sibling"
+    assert rows["vpd_vs_sdpo"]["estimate"] == pytest.approx(0.25) and rows["vpd_vs_sdpo"]["n_seeds"] == 3
+    for s in (1, 2):                              # now 6 runs on each source: the tie goes to env+sibling
+        write_run(root, "vpd", "env+sibling", s, {0: base(s), 10: base(s)}, task="cold_start")
+        write_run(root, "sdpo", "env+sibling", s, {0: base(s), 10: shift(s, 1)}, task="cold_start")
+    rows = {r["claim"]: r for r in evaluate_claims(load_runs(root)) if r["task"] == "cold_start"}
+    assert rows["vpd_vs_sdpo"]["feedback"] == "env+sibling"
+    assert rows["vpd_vs_sdpo"]["estimate"] == pytest.approx(-0.25)
+
+
+def test_the_headline_feedback_is_the_source_with_most_runs_ties_to_env_sibling():
+    assert headline_feedback({"sibling": 10, "env": 6, "env+sibling": 6, "noisy": 12, "none": 20}) == "sibling"
+    assert headline_feedback({"sibling": 6, "env+sibling": 6, "env": 6}) == "env+sibling"
+    assert headline_feedback({"env": 3, "sibling": 3}) == "env"                      # then the feedback order
+    assert headline_feedback({"none": 5, "reference": 5, "noisy": 4}) is None
+    assert headline_feedback({}) is None
 
 
 def test_a_setting_one_method_ran_labelled_pairs_with_the_other_methods_plain_runs_at_that_value(tmp_path):

@@ -462,3 +462,14 @@ def test_the_header_counts_the_cpu_kernel_paths_and_warns_when_they_differ(tmp_p
     assert same == "AVX2 (1 run)"                             # one path: nothing to warn about
     md = leaderboard_markdown(build_leaderboard(runs), "pass@1", runs=runs)
     assert "- CPU kernel path(s) (`versions.numerics.cpu_capability`): AVX2 (1 run), AVX512 (1 run)" in md
+
+
+def test_the_final_score_bars_show_the_source_the_comparison_ran_on():
+    from vpd_bench.report.figures import _headline_feedback
+    rows = [{"task": "cold_start", "method": m, "feedback": f, "n_seeds": n} for m, f, n in [
+        ("grpo", "none", 5), ("sdpo", "sibling", 5), ("vpd", "sibling", 5), ("sdpo", "env+sibling", 1),
+        ("vpd", "env+sibling", 1), ("vpd[prior=initial]", "env+sibling", 9), ("sdpo[p=0.3]", "noisy", 3)]]
+    assert _headline_feedback(rows, "cold_start") == "sibling"
+    assert _headline_feedback(rows[:1], "cold_start") is None
+    rows += [{"task": "cold_start", "method": "sdpo", "feedback": "env+sibling", "n_seeds": 8}]
+    assert _headline_feedback(rows, "cold_start") == "env+sibling"

@@ -8,9 +8,11 @@ runs that differs from a method's plain runs in one declared way, the paired dif
 - a *variant* (a grid label ``sdpo[distill_stop=false]``, ``vpd[prior=initial]``, ``sdpo[p=0.3]``)
   against the plain label of the same method on the same task, in the same feedback folder; where
   that folder has no plain runs (``noisy``: its variants are the only runs there), against the plain
-  runs on the headline source (``env+sibling``), which is what ``noisy`` corrupts by default;
+  runs on the clean source the runs corrupt (their ``feedback.sources``: ``sibling`` in
+  ``cpu_cold_noise``; ``env+sibling`` by default), else on the task's headline source;
 - a *feedback source* (plain ``sdpo`` in ``env``, ``sibling``, ``self_critique``...) against the same
-  method on the headline source.
+  method on the task's headline source (``claims.task_headline``: the source with the most plain runs,
+  ``env+sibling`` on the arithmetic, ``sibling`` on the cold start).
 
 Positive = the ablation scores higher than the runs it is compared with. Only complete runs count.
 With per-problem samples the interval is the crossed bootstrap over seeds x problems; one seed then
@@ -23,8 +25,8 @@ import math
 from pathlib import Path
 
 from vpd_bench.evaluation.results import FEEDBACK_FREE, TASK_ORDER, RunRecord, _order
-from vpd_bench.report.claims import _bracket, _groups, _interval, _num, _paired, _seed_scores, write_rows_csv
-from vpd_bench.report.leaderboard import HEADLINE_FEEDBACK
+from vpd_bench.report.claims import (_bracket, _groups, _interval, _num, _paired, _seed_scores, task_headline,
+                                     write_rows_csv)
 
 COLUMNS = ["task", "method", "feedback", "against", "against_feedback", "n_seeds", "final_mean", "against_final_mean",
            "diff_final", "ci_low", "ci_high", "ci_method", "diff_middle", "middle_ci_low", "middle_ci_high",
@@ -38,19 +40,32 @@ def _mean(scores: dict, keys) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def _clean_source(members: list[RunRecord]) -> str | None:
+    """The feedback folder a group of noisy runs corrupts, from their own ``feedback.sources``
+    (``[sibling]`` -> ``sibling``); None when the runs do not say or disagree."""
+    found = set()
+    for run in members:
+        fb = run.config.get("feedback") if isinstance(run.config, dict) else None
+        sources = fb.get("sources") if isinstance(fb, dict) else None
+        found.add("+".join(str(s) for s in sources) if sources else None)
+    return found.pop() if len(found) == 1 else None
+
+
 def ablation_table(runs: list[RunRecord], metric: str) -> list[dict]:
     """One row per ablation group that has a reference group with at least one seed in common."""
     complete = [r for r in runs if not r.is_partial]
     groups = _groups(complete)
     rows = []
+    headline = {task: task_headline(groups, task) for task, _, _ in groups}
     for (task, feedback, label), members in groups.items():
         base, values = _bracket(label)
         if values:
             ref_key = (task, feedback, base)
             if ref_key not in groups and feedback not in FEEDBACK_FREE:
-                ref_key = (task, HEADLINE_FEEDBACK, base)
-        elif feedback not in FEEDBACK_FREE and feedback != HEADLINE_FEEDBACK:
-            ref_key = (task, HEADLINE_FEEDBACK, label)
+                clean = _clean_source(members)
+                ref_key = (task, clean if (task, clean, base) in groups else headline[task], base)
+        elif feedback not in FEEDBACK_FREE and headline[task] is not None and feedback != headline[task]:
+            ref_key = (task, headline[task], label)
         else:
             continue
         if ref_key not in groups:
@@ -81,8 +96,9 @@ def ablation_cells(row: dict) -> list[str]:
 
 def ablations_markdown(rows: list[dict], metric: str) -> str:
     lines = [f"# Ablations against the runs they change ({metric})", "",
-             "Each row pairs an ablation (a variant label, or a feedback source other than the headline "
-             f"{HEADLINE_FEEDBACK}) with the same method's plain runs, by seed and held-out problem. Positive = the "
+             "Each row pairs an ablation (a variant label, or a feedback source other than the task's headline one: "
+             "the source with the most plain runs) with the same method's plain runs, by seed and held-out problem; "
+             "noisy variants pair with the clean source they corrupt. Positive = the "
              "ablation scores higher. Middle = the evaluation nearest half the final step. With one seed the interval, "
              "where there is one, is over held-out problems only (bootstrap(problems)): blind to seed-to-seed variation.",
              "",

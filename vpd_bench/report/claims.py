@@ -28,7 +28,7 @@ from typing import Any
 
 from vpd_bench.evaluation.results import FEEDBACK_FREE, TASK_ORDER, RunRecord, _as_float, _order
 from vpd_bench.evaluation.stats import t_interval
-from vpd_bench.report.leaderboard import (CI_NONE, DEFAULT_METRIC, HEADLINE_FEEDBACK, _per_seed, _sample_metric,
+from vpd_bench.report.leaderboard import (CI_NONE, DEFAULT_METRIC, _per_seed, _sample_metric, headline_feedback,
                                           paired_change, summarize_run)
 
 HOLDS, FAILS, UNTESTABLE = "holds", "does not hold", "not testable at this scale"
@@ -117,12 +117,23 @@ def _groups(runs: list[RunRecord]) -> dict[tuple[str, str, str], list[RunRecord]
     return out
 
 
+def task_headline(groups, task: str) -> str | None:
+    """The headline feedback source of ``task`` (``leaderboard.headline_feedback``): counted over the
+    complete runs of plain method labels, so a feedback ablation with fewer seeds never takes the
+    comparison's place."""
+    counts: dict[str, int] = defaultdict(int)
+    for (t, fb, label), members in groups.items():
+        if t == task and not _bracket(label)[1]:
+            counts[fb] += sum(1 for r in members if not r.is_partial)
+    return headline_feedback(counts)
+
+
 def _side(groups, task: str, method: str, feedback: str | None = None,
           **variant: str) -> tuple[str | None, list[RunRecord]]:
     """(feedback, runs) of one side: the runs of ``task`` whose method label is ``method`` (with
     ``variant`` given: a grid label ``method[...]`` holding exactly those values among its own).
-    With several feedback folders: ``feedback`` if given, else the headline source (env+sibling),
-    else the folder with the most runs."""
+    With several feedback folders: ``feedback`` if given, else the task's headline source
+    (``task_headline``), else the folder with the most runs."""
     def matches(label: str) -> bool:
         base, values = _bracket(label)
         if base != method:
@@ -145,8 +156,9 @@ def _side(groups, task: str, method: str, feedback: str | None = None,
         return None, []
     if feedback is not None:
         return (feedback, found[feedback]) if feedback in found else (None, [])
-    if HEADLINE_FEEDBACK in found:
-        return HEADLINE_FEEDBACK, found[HEADLINE_FEEDBACK]
+    headline = task_headline(groups, task)
+    if headline in found:
+        return headline, found[headline]
     fb = sorted(found, key=lambda f: (-len(found[f]), f))[0]
     return fb, found[fb]
 
@@ -268,7 +280,8 @@ def _compare_at_setting(claim, groups, task, metric, better, worse, setting: str
     common = set(runs_b) & set(runs_w)
     if not common:
         return None
-    fb = HEADLINE_FEEDBACK if HEADLINE_FEEDBACK in common else sorted(common)[0]
+    headline = task_headline(groups, task)
+    fb = headline if headline in common else sorted(common)[0]
     est, lo, hi, how, n = _paired(_seed_scores(runs_w[fb], metric), _seed_scores(runs_b[fb], metric))
     return _row(claim, task, fb, f"{lb} \u2212 {lw}", est, lo, hi, how, n)
 

@@ -14,7 +14,7 @@ import numpy as np
 from vpd_bench.evaluation.results import (
     FEEDBACK_FREE, FEEDBACK_ORDER, METHOD_ORDER, TASK_ORDER, TEACHER_PROBE_FILE, RunRecord, _as_float, _as_int,
     _order, read_jsonl)
-from vpd_bench.report.leaderboard import HEADLINE_FEEDBACK, score_of
+from vpd_bench.report.leaderboard import headline_feedback, score_of
 
 # Okabe & Ito (2008) colour-blind-safe palette, keyed by method name so that a method has the
 # same colour, line style and marker in every figure. VPD, the method under study, gets the
@@ -409,17 +409,14 @@ def _fig_score_curves(runs, metric, by: str, notes: list[str]):
 
 
 def _headline_feedback(rows: list[dict], task: str) -> str | None:
-    """The feedback source a task's final-score bars show: env+sibling (the SDPO default) when it
-    was run, else the source with most seeds; None when only feedback-free methods ran."""
+    """The feedback source a task's final-score bars show (``leaderboard.headline_feedback``): the
+    one with the most seeds over plain method labels (a variant ``vpd[prior=initial]`` does not
+    count), ties to env+sibling; None when only feedback-free methods ran."""
     counts: dict[str, int] = defaultdict(int)
     for row in rows:
-        if row["task"] == task and row["feedback"] not in FEEDBACK_FREE and row["n_seeds"]:
+        if row["task"] == task and "[" not in row["method"] and row["n_seeds"]:
             counts[row["feedback"]] += row["n_seeds"]
-    if not counts:
-        return None
-    if HEADLINE_FEEDBACK in counts:
-        return HEADLINE_FEEDBACK
-    return sorted(counts, key=lambda f: (-counts[f], _order(f, FEEDBACK_ORDER)))[0]
+    return headline_feedback(counts)
 
 
 def _baseline_row(by_key: dict, task: str, method: str) -> dict | None:

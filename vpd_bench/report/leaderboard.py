@@ -24,8 +24,21 @@ NON_SCORE_KEYS = frozenset({"k", "n", "n_problems", "num_problems", "n_samples"}
 
 CONFIDENCE = 0.95
 
-# The SDPO default; the feedback source the final-score bar chart shows when a task has several.
+# The SDPO default: the headline feedback source of a task whose runs favour none (see headline_feedback).
 HEADLINE_FEEDBACK = "env+sibling"
+
+
+def headline_feedback(counts: dict[str, int]) -> str | None:
+    """A task's headline feedback source, from ``{feedback: runs}`` counted over the plain labels of
+    the methods that read feedback: the source with the most runs, which is the one the task's
+    comparison ran on (``env+sibling`` on the arithmetic, ``sibling`` on the cold start, where the
+    feedback ablations add fewer seeds of the other sources). Ties go to ``env+sibling``, then to
+    the feedback order. Feedback-free folders (``none``, ``reference``) and ``noisy`` (an ablation
+    of a clean source) never head a task; None when nothing else ran."""
+    usable = {f: n for f, n in counts.items() if n > 0 and f not in FEEDBACK_FREE and f != "noisy"}
+    if not usable:
+        return None
+    return sorted(usable, key=lambda f: (-usable[f], f != HEADLINE_FEEDBACK, _order(f, FEEDBACK_ORDER), f))[0]
 
 
 def score_of(metrics: dict, metric: str = DEFAULT_METRIC) -> tuple[float | None, str | None]:
