@@ -27,6 +27,7 @@ from pathlib import Path
 from vpd_bench.evaluation.results import FEEDBACK_FREE, TASK_ORDER, RunRecord, _order
 from vpd_bench.report.claims import (_bracket, _groups, _interval, _num, _paired, _seed_scores, task_headline,
                                      write_rows_csv)
+from vpd_bench.report.robustness import corrupted_source
 
 COLUMNS = ["task", "method", "feedback", "against", "against_feedback", "n_seeds", "final_mean", "against_final_mean",
            "diff_final", "ci_low", "ci_high", "ci_method", "diff_middle", "middle_ci_low", "middle_ci_high",
@@ -41,13 +42,9 @@ def _mean(scores: dict, keys) -> float:
 
 
 def _clean_source(members: list[RunRecord]) -> str | None:
-    """The feedback folder a group of noisy runs corrupts, from their own ``feedback.sources``
-    (``[sibling]`` -> ``sibling``); None when the runs do not say or disagree."""
-    found = set()
-    for run in members:
-        fb = run.config.get("feedback") if isinstance(run.config, dict) else None
-        sources = fb.get("sources") if isinstance(fb, dict) else None
-        found.add("+".join(str(s) for s in sources) if sources else None)
+    """The feedback folder a group of noisy runs corrupts (``robustness.corrupted_source``); None
+    when the runs do not say or disagree."""
+    found = {corrupted_source(run) for run in members}
     return found.pop() if len(found) == 1 else None
 
 

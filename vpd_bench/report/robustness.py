@@ -32,8 +32,15 @@ def _final(run: RunRecord, metric: str) -> float | None:
 
 
 def _feedback_config(run: RunRecord) -> dict:
-    fb = run.config.get("feedback")
+    fb = run.config.get("feedback") if isinstance(run.config, dict) else None
     return fb if isinstance(fb, dict) else {}
+
+
+def corrupted_source(run: RunRecord) -> str | None:
+    """The feedback folder a noisy run corrupts, from its own ``feedback.sources`` (``[sibling]`` ->
+    ``sibling``, ``[env, sibling]`` -> ``env+sibling``); None when its config does not say."""
+    sources = _feedback_config(run).get("sources")
+    return "+".join(str(s) for s in sources) if sources else None
 
 
 def noise_table(runs: list[RunRecord], metric: str) -> list[dict]:
@@ -50,8 +57,7 @@ def noise_table(runs: list[RunRecord], metric: str) -> list[dict]:
         score = _final(r, metric)
         if p is None or score is None:
             continue
-        sources = _feedback_config(r).get("sources") or []
-        clean_of[(r.task, base)].add("+".join(str(s) for s in sources))
+        clean_of[(r.task, base)].add(corrupted_source(r))
         points.setdefault((r.task, base, float(p)), {"feedback": NOISY, "seeds": {}})["seeds"][r.seed] = score
     for (task, base), cleans in clean_of.items():
         for r in runs:
