@@ -339,10 +339,15 @@ def cmd_rescore(args) -> int:
     from vpd_bench.evaluation.rescore import rescore
 
     def show(run, last):
-        print(f"{run}: step {last['step']} pass@1 {_fmt(last['pass@1_recorded'])} -> {_fmt(last['pass@1_rejudged'])}, "
-              f"greedy {_fmt(last['greedy_recorded'])} -> {_fmt(last['greedy_rejudged'])}", flush=True)
+        line = (f"{run}: step {last['step']} pass@1 {_fmt(last['pass@1_recorded'])} -> {_fmt(last['pass@1_rejudged'])}, "
+                f"greedy {_fmt(last['greedy_recorded'])} -> {_fmt(last['greedy_rejudged'])}")
+        if args.echo:
+            line += (f"; echo share {_fmt(last['pass@1_echo_share'])} sampled, {_fmt(last['greedy_echo_share'])} "
+                     f"greedy; without the echo pass@1 {_fmt(last['pass@1_without_echo'])}, "
+                     f"greedy {_fmt(last['greedy_without_echo'])}")
+        print(line, flush=True)
 
-    rows = rescore(args.paths, out=args.out, progress=show)
+    rows = rescore(args.paths, out=args.out, progress=show, echo=args.echo)
     changed = sum(r["pass_to_fail"] + r["fail_to_pass"] for r in rows)
     runs = len({r["run"] for r in rows})
     print(f"{runs} run(s), {len(rows)} evaluation(s): {changed} saved response(s) change verdict"
@@ -450,6 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "a verifier hole.")
     rs.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run folders, or folders above them")
     rs.add_argument("--out", default=None, metavar="CSV", help="write every evaluation step's row to this CSV")
+    rs.add_argument("--echo", action="store_true",
+                    help="also measure feedback echo: the share of responses that repeat the verifier's message "
+                         "the run's teacher read, and pass@1/greedy when each response is cut where its echo "
+                         "begins (vpd_bench/evaluation/echo.py)")
     return p
 
 

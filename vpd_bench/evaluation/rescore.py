@@ -19,10 +19,14 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from vpd_bench.errors import UserError
+from vpd_bench.evaluation.echo import echo_start, run_feedback_sentences
 from vpd_bench.evaluation.results import PASS_REWARD, SAMPLES_FILE
 
 FIELDS = ("run", "step", "problems", "pass@1_recorded", "pass@1_rejudged", "greedy_recorded", "greedy_rejudged",
           "pass_to_fail", "fail_to_pass")
+# with --echo (vpd_bench/evaluation/echo.py): the share of responses that echo the verifier's message
+# the run's teacher read, and the re-judged pass rate without the echo; empty where the teacher read none
+ECHO_FIELDS = ("pass@1_echo_share", "pass@1_without_echo", "greedy_echo_share", "greedy_without_echo")
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -38,11 +42,12 @@ def find_runs(paths: list[str]) -> list[Path]:
     return runs
 
 
-def rescore_run(run: Path, task=None) -> list[dict]:
+def rescore_run(run: Path, task=None, echo: bool = False) -> list[dict]:
     """One row per evaluation step of ``run``: pass@1 (sampled responses) and greedy, as recorded
     and as re-judged, and how many responses changed verdict (sampled and greedy together).
     A resumed run's later rows for the same step, problem and sample replace earlier ones, as
-    in the report."""
+    in the report. With ``echo``, also the ECHO_FIELDS (None where the run's teacher read no
+    verifier message)."""
     try:
         if task is None:
             from vpd_bench.tasks import build_task
@@ -68,9 +73,10 @@ def rescore_run(run: Path, task=None) -> list[dict]:
             if key[1] not in problems:
                 raise UserError(f"{run / SAMPLES_FILE}, line {n}: problem {key[1]!r} is not in the task its "
                                 f"config.yaml builds; was the run made with another task or data version?")
-    # per step: {kind: [count, recorded passes, re-judged passes]}, flips
-    steps: dict[int, dict] = defaultdict(lambda: {"sampled": [0, 0, 0], "greedy": [0, 0, 0], "flips": [0, 0],
-                                                  "problems": set()})
+    templates = run_feedback_sentences(run) if echo else set()
+    # per step: {kind: [count, recorded passes, re-judged passes, echoes, passes without echo]}, flips
+    steps: dict[int, dict] = defaultdict(lambda: {"sampled": [0, 0, 0, 0, 0], "greedy": [0, 0, 0, 0, 0],
+                                                  "flips": [0, 0], "problems": set()})
     for (step, pid, sample), (response, old) in saved.items():
         # evaluations judge validation and held-out samples alike, with the held-out checks
         new = float(task.verify(problems[pid], response, split="eval").reward)
@@ -79,6 +85,11 @@ def rescore_run(run: Path, task=None) -> list[dict]:
         tally[0] += 1
         tally[1] += old >= PASS_REWARD
         tally[2] += new >= PASS_REWARD
+        if templates:
+            at = echo_start(response, templates)
+            tally[3] += at is not None
+            tally[4] += new >= PASS_REWARD or (
+                at is not None and task.verify(problems[pid], response[:at], split="eval").reward >= PASS_REWARD)
         acc["flips"][0] += old >= PASS_REWARD > new
         acc["flips"][1] += new >= PASS_REWARD > old
         acc["problems"].add(pid)
@@ -86,27 +97,36 @@ def rescore_run(run: Path, task=None) -> list[dict]:
     def rate(t, i):
         return t[i] / t[0] if t[0] else None
 
-    return [{"run": str(run), "step": step, "problems": len(a["problems"]),
+    rows = [{"run": str(run), "step": step, "problems": len(a["problems"]),
              "pass@1_recorded": rate(a["sampled"], 1), "pass@1_rejudged": rate(a["sampled"], 2),
              "greedy_recorded": rate(a["greedy"], 1), "greedy_rejudged": rate(a["greedy"], 2),
              "pass_to_fail": a["flips"][0], "fail_to_pass": a["flips"][1]}
             for step, a in sorted(steps.items())]
+    if echo:
+        for row, a in zip(rows, (a for _, a in sorted(steps.items()))):
+            for kind in ("pass@1", "greedy"):
+                t = a["sampled" if kind == "pass@1" else "greedy"]
+                row[f"{kind}_echo_share"] = rate(t, 3) if templates else None
+                row[f"{kind}_without_echo"] = rate(t, 4) if templates else None
+    return rows
 
 
-def rescore(paths: list[str], out: str | None = None, progress=None) -> list[dict]:
-    """Re-score every run at or under ``paths``; write a CSV to ``out`` when given."""
+def rescore(paths: list[str], out: str | None = None, progress=None, echo: bool = False) -> list[dict]:
+    """Re-score every run at or under ``paths``; write a CSV to ``out`` when given. ``echo`` adds
+    the ECHO_FIELDS (vpd_bench/evaluation/echo.py)."""
     rows: list[dict] = []
     for run in find_runs(paths):
-        rows.extend(rescore_run(run))
+        rows.extend(rescore_run(run, echo=echo))
         if progress:
             progress(run, rows[-1])
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(str(out) + ".tmp")
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=FIELDS)
+            writer = csv.DictWriter(fh, fieldnames=FIELDS + (ECHO_FIELDS if echo else ()))
             writer.writeheader()
             for r in rows:
-                writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+                writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else ("" if v is None else v))
+                                 for k, v in r.items()})
         tmp.replace(out)
     return rows

@@ -1,0 +1,140 @@
+"""Feedback echo (vpd_bench/evaluation/echo.py, `vpd-bench rescore --echo`): held-out responses that
+repeat the verifier's message their run's teacher read, and the score without the echo."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from vpd_bench.cli import main
+from vpd_bench.config import compose, to_yaml
+from vpd_bench.errors import UserError
+from vpd_bench.evaluation.echo import echo_start, feedback_sentences, run_feedback_sentences, sentence_spans, words
+from vpd_bench.evaluation.rescore import rescore, rescore_run
+from vpd_bench.tasks import build_task
+
+PASS = "Your final answer is correct."
+
+
+def test_sentences_split_at_newlines_and_stops_but_not_inside_numbers():
+    text = "9 + 9 = 18\n\nYour answer is correct. It is 8.5 units!  Done"
+    assert [text[a:b] for a, b in sentence_spans(text)] == [
+        "9 + 9 = 18", "Your answer is correct.", "It is 8.5 units!", "Done"]
+    # numbers and one-letter option labels drop out of a sentence's words
+    assert words("Your choice (B) is incorrect: 12 of 4.") == {"your", "choice", "is", "incorrect", "of"}
+
+
+def test_template_sentences_are_the_recurring_ones_not_the_quoted_response():
+    quoted = "Your final answer The answer is 3. The answer is 4 is incorrect."
+    messages = [PASS] * 12 + ["Your final answer 7 is incorrect."] * 7 + [quoted, None, ""]
+    t = feedback_sentences(messages)
+    assert t == {words(PASS), words("Your final answer 7 is incorrect.")}
+    # a sentence seen once is not a template even in a short log; twice in two messages is
+    assert feedback_sentences([quoted]) == set()
+    assert feedback_sentences(["Try again now please.", "Try again now please."]) == {words("Try again now please.")}
+
+
+def test_echo_start_finds_the_first_echoing_sentence_and_spares_plain_answers():
+    t = feedback_sentences([PASS] * 3 + ["Your final answer 12 is incorrect."] * 3)
+    resp = "9 + 9 = 18\n\nYour answer is correct.\n\nYour answer is correct."
+    assert echo_start(resp, t) == resp.index("Your answer")          # 4 of 5 words shared: 0.8
+    assert echo_start("9 + 9 = 18\nYour final answer 18 is incorrect.", t) == len("9 + 9 = 18\n")
+    # "the final answer is 18": 3 of 6 words; two-word sentences never count
+    assert echo_start("The final answer is 18.\nThe answer is 18.", t) is None
+    assert echo_start("Answer correct.", t) is None
+    assert echo_start(resp, t, threshold=0.9) is None
+    assert echo_start(resp, set()) is None
+
+
+@pytest.fixture(scope="module")
+def echo_run(tmp_path_factory):
+    """Two math run folders sharing one config and held-out samples: an SDPO run whose teacher read
+    the verifier's messages, and a GRPO run whose teacher read none. Step 30 holds a right answer
+    followed by the echoed pass message (which the verifier fails), a clean right answer, a wrong
+    answer with an echo, and a wrong answer."""
+    cfg = compose(task="math", model="tiny-random", overrides=["eval.num_problems=4"])
+    task = build_task(cfg)
+    a, b = task.eval_problems()[:2]
+    echoed = f"{a.answer}\n\nYour answer is correct.\n\nYour answer is correct."
+    assert task.verify(a, echoed, split="eval").reward < 1.0 <= task.verify(a, f"\\boxed{{{a.answer}}}",
+                                                                              split="eval").reward
+    rows = [
+        {"step": 0, "problem_id": a.id, "sample": 0, "response": f"\\boxed{{{a.answer}}}", "reward": 1.0},
+        {"step": 0, "problem_id": b.id, "sample": 0, "response": "\\boxed{123456789}", "reward": 0.0},
+        {"step": 0, "problem_id": a.id, "sample": "greedy", "response": f"\\boxed{{{a.answer}}}", "reward": 1.0},
+        {"step": 30, "problem_id": a.id, "sample": 0, "response": echoed, "reward": 0.0},
+        {"step": 30, "problem_id": a.id, "sample": 1, "response": f"\\boxed{{{a.answer}}}", "reward": 1.0},
+        {"step": 30, "problem_id": b.id, "sample": 0, "response": "123456789\nYour answer is correct.", "reward": 0.0},
+        {"step": 30, "problem_id": b.id, "sample": 1, "response": "\\boxed{123456789}", "reward": 0.0},
+        {"step": 30, "problem_id": a.id, "sample": "greedy", "response": echoed, "reward": 0.0},
+    ]
+    root = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for method, fb in (("sdpo", "env"), ("grpo", "none")):
+        run = root / "math" / method / fb / "seed0"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(to_yaml(cfg))
+        (run / "eval_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        msgs = [PASS] * 5 + ["Your final answer 3 is incorrect."] * 5
+        train = [{"step": 1, "problem_id": a.id, "feedback": m,
+                  "teacher_feedback": m if method == "sdpo" else None,
+                  "teacher_prompt": "..." if method == "sdpo" else None} for m in msgs]
+        (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+        runs[method] = run
+    return runs, task
+
+
+def test_rescore_echo_counts_echoes_and_rejudges_the_text_before_them(echo_run):
+    runs, task = echo_run
+    rows = {r["step"]: r for r in rescore_run(runs["sdpo"], task, echo=True)}
+    assert rows[0]["pass@1_echo_share"] == 0.0 and rows[0]["pass@1_without_echo"] == pytest.approx(1 / 2)
+    last = rows[30]
+    assert last["pass@1_rejudged"] == pytest.approx(1 / 4)
+    assert last["pass@1_echo_share"] == pytest.approx(2 / 4)
+    # the echoed right answer passes once cut where its echo begins; the echoed wrong one does not
+    assert last["pass@1_without_echo"] == pytest.approx(2 / 4)
+    assert (last["greedy_rejudged"], last["greedy_echo_share"], last["greedy_without_echo"]) == (0.0, 1.0, 1.0)
+    # without --echo the rows keep their old columns
+    assert "pass@1_echo_share" not in rescore_run(runs["sdpo"], task)[0]
+
+
+def test_rescore_echo_is_empty_where_the_teacher_read_no_message(echo_run, tmp_path, capsys):
+    runs, _ = echo_run
+    out = tmp_path / "echo.csv"
+    assert main(["rescore", str(runs["sdpo"].parents[3]), "--echo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "echo share 0.500 sampled, 1.000 greedy; without the echo pass@1 0.500, greedy 1.000" in printed
+    table = {(r["run"].split("/")[-3], r["step"]): r for r in csv.DictReader(out.open())}
+    assert table[("sdpo", "30")]["greedy_without_echo"] == "1.0000"
+    assert table[("grpo", "30")]["pass@1_echo_share"] == "" and table[("grpo", "30")]["pass@1_rejudged"] == "0.2500"
+
+
+def test_a_bad_training_log_row_names_its_file_and_line(echo_run, tmp_path):
+    runs, _ = echo_run
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("config.yaml", "eval_samples.jsonl"):
+        (bad / name).write_text((runs["sdpo"] / name).read_text())
+    (bad / "samples.jsonl").write_text(json.dumps({"teacher_feedback": PASS}) + "\n[1, 2]\n")
+    with pytest.raises(UserError, match=r"samples.jsonl, line 2: not a JSON object"):
+        rescore([str(bad)], echo=True)
+    (bad / "samples.jsonl").write_text("{oops\n")
+    with pytest.raises(UserError, match=r"samples.jsonl, line 1: not a JSON row"):
+        run_feedback_sentences(bad)
+
+
+def test_echo_pairs_script_pairs_seeds_as_judged_and_without_echo(echo_run):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("echo_pairs", Path(__file__).parents[1] / "scripts" / "echo_pairs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    runs, _ = echo_run
+    # the same saved responses: SDPO's teacher read the verifier's messages, GRPO's none
+    res = mod.compare(runs["sdpo"].parent, runs["grpo"].parent, kind="greedy", step=30)
+    assert res["seeds"] == ["seed0"]
+    assert res["judged"][0] == 0.0
+    assert res["without_echo"][0] == pytest.approx(1.0)   # problem a: cut before the echo it passes
+    sampled = mod.compare(runs["sdpo"].parent, runs["grpo"].parent, kind="sampled", step=30)
+    assert sampled["without_echo"][0] == pytest.approx(0.25)   # (1/2 - 0) on a, (0 - 0) on b

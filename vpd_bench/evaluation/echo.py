@@ -1,0 +1,110 @@
+"""Feedback echo: held-out responses that repeat the verifier's message.
+
+A self-distilling student never sees feedback, but its teacher does, and the teacher, having just
+read "Your final answer is correct." in its prompt, finds that sentence a likely continuation of
+an answer. Distilled into the student, that becomes a student that answers and then writes the
+verifier's sentence itself ("9 + 9 = 18\\n\\nYour answer is correct.\\n\\nYour answer is ..."). A
+final-answer verifier then reads "correct" as the answer, so the score falls for a reason that is
+not arithmetic. ``vpd-bench rescore --echo`` measures how much of a run's score that costs.
+
+Definitions (used by the CSV columns of ``vpd_bench.evaluation.rescore``):
+
+- the *feedback sentences* of a run are the sentences that recur in the verifier messages its
+  teacher was shown (in at least ``MIN_SHARE`` of them: the verifier's templates, not the student
+  words a message quotes), from the training samples the run logged (``samples.jsonl``:
+  ``teacher_feedback``, or ``feedback`` in older logs); runs whose teacher saw none (GRPO, or a
+  sibling alone) have none and no echo columns;
+- a sentence is split at a newline, or at ``.``/``!``/``?`` followed by a space; its *words* are
+  its lower-cased alphabetic words of two letters or more (numbers and option letters, the parts
+  of a verifier message that change from response to response, drop out);
+- a response sentence *echoes* when it has at least ``MIN_WORDS`` words and the Jaccard overlap
+  of its words with some feedback sentence's is at least ``THRESHOLD`` ("your answer is correct"
+  against "your final answer is correct": 4/5);
+- a response *passes without its echo* when the whole response passes, or the text before its
+  first echoing sentence does. This only ever adds passes: it is the score the run would have had
+  if its responses stopped where the echo begins, an upper bound on what the echo cost.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+from vpd_bench.errors import UserError
+from vpd_bench.evaluation.results import TRAIN_SAMPLES_FILE
+
+THRESHOLD = 0.75
+MIN_WORDS = 3
+MIN_SHARE = 0.1
+_BOUNDARY = re.compile(r"(?<=[.!?])[ \t]+|\n+")
+_WORD = re.compile(r"[a-z]{2,}")
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) character offsets of the non-blank sentences of ``text``."""
+    spans, start = [], 0
+    for m in _BOUNDARY.finditer(text):
+        if text[start:m.start()].strip():
+            spans.append((start, m.start()))
+        start = m.end()
+    if text[start:].strip():
+        spans.append((start, len(text)))
+    return spans
+
+
+def words(sentence: str) -> frozenset[str]:
+    return frozenset(_WORD.findall(sentence.lower()))
+
+
+def feedback_sentences(messages, min_share: float = MIN_SHARE) -> set[frozenset[str]]:
+    """The word sets of the sentences (of at least MIN_WORDS words) found in at least ``min_share``
+    of ``messages`` (and in two of them): the verifier's template sentences. A message quotes the
+    response it judges ("Your final answer <the student's words> is incorrect."); a quoted
+    response's own sentences vary from message to message and fall below the share."""
+    counts: Counter[frozenset[str]] = Counter()
+    n = 0
+    for msg in messages:
+        if not msg:
+            continue
+        n += 1
+        counts.update({w for a, b in sentence_spans(msg) if len(w := words(msg[a:b])) >= MIN_WORDS})
+    return {w for w, c in counts.items() if c >= max(2, min_share * n)}
+
+
+def echo_start(response: str, templates: set[frozenset[str]], threshold: float = THRESHOLD) -> int | None:
+    """Offset of the first sentence of ``response`` that echoes a feedback sentence, or None."""
+    for a, b in sentence_spans(response):
+        w = words(response[a:b])
+        if len(w) < MIN_WORDS:
+            continue
+        if any(len(w & t) / len(w | t) >= threshold for t in templates):
+            return a
+    return None
+
+
+def run_feedback_sentences(run: Path) -> set[frozenset[str]]:
+    """Feedback sentences of the verifier messages a run's teacher was shown (empty when none)."""
+    path = Path(run) / TRAIN_SAMPLES_FILE
+    if not path.is_file():
+        return set()
+    messages = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}, line {n}: not a JSON row ({err})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}, line {n}: not a JSON object")
+            # the message the teacher read; logs older than the teacher_feedback field kept only
+            # the verifier's message, which the teacher read when it had a prompt at all
+            if "teacher_feedback" in row:
+                msg = row["teacher_feedback"]
+            else:
+                msg = row.get("feedback") if row.get("teacher_prompt") else None
+            if isinstance(msg, str):
+                messages.append(msg)
+    return feedback_sentences(messages)
