@@ -51,6 +51,7 @@ def test_truncation_error_policy_raises():
 class Ctx:
     success_threshold = 1.0
     allow_self_demonstration = False
+    feedback_on_success = True
     seed = 0
     stop_strings = ()          # chat runs: no stop strings
 
@@ -111,6 +112,17 @@ def test_env_plus_sibling_merges_both():
     b = batch([1.0, 0.0, 1.0, 0.0])
     fbs = CombinedFeedback(fb_cfg("env+sibling")).build(b, Ctx())
     assert fbs[1].demonstration == "response 0" and fbs[1].text == "verdict 1"
+
+
+def test_feedback_on_success_false_withholds_the_message_from_passing_responses_only():
+    b = batch([1.0, 0.0, 1.0, 0.0])
+    ctx = Ctx()
+    ctx.feedback_on_success = False
+    fbs = CombinedFeedback(fb_cfg("env+sibling")).build(b, ctx)
+    assert [f.text for f in fbs] == [None, "verdict 1", None, "verdict 3"]
+    # a passing response keeps its sibling; the default shows every response its message
+    assert fbs[0].demonstration == "response 2"
+    assert [f.text for f in CombinedFeedback(fb_cfg("env")).build(b, Ctx())] == [f"verdict {i}" for i in range(4)]
 
 
 def test_hint_source_uses_the_problem_hint():

@@ -95,6 +95,7 @@ RULES: dict[str, Rule] = {
     "teacher_prompt.max_length": integer(1),
     "teacher_prompt.truncation": choice("left", "right", "error"),
     "teacher_prompt.allow_self_demonstration": flag,
+    "teacher_prompt.feedback_on_success": flag,
     "eval.every": integer(0),
     "eval.num_problems": integer(0),
     "eval.samples": integer(0),

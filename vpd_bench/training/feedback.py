@@ -66,11 +66,15 @@ def register_source(name: str) -> Callable:
 
 @register_source("env")
 class EnvFeedback(FeedbackSource):
-    """The verifier's own message (built by the task from training-side checks only)."""
+    """The verifier's own message (built by the task from training-side checks only). With
+    ``teacher_prompt.feedback_on_success=false`` a passing response gets none."""
 
     def build(self, batch, ctx):
-        return [Feedback(text=cap_text(t, self.cfg.max_chars, self.cfg.max_lines) or None)
-                for t in batch.verdict_feedback]
+        texts = list(batch.verdict_feedback)
+        if not ctx.feedback_on_success:
+            success = batch.success(ctx.success_threshold).tolist()
+            texts = [None if ok else t for t, ok in zip(texts, success)]
+        return [Feedback(text=cap_text(t, self.cfg.max_chars, self.cfg.max_lines) or None) for t in texts]
 
 
 @register_source("sibling")

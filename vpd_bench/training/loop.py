@@ -54,6 +54,8 @@ class FeedbackContext:
         self.trainer = trainer
         self.success_threshold = float(trainer.cfg.train.success_threshold)
         self.allow_self_demonstration = bool(trainer.cfg.teacher_prompt.allow_self_demonstration)
+        # configs saved before session 25 lack the key: they showed the message to every response
+        self.feedback_on_success = bool(trainer.cfg.teacher_prompt.get("feedback_on_success", True))
         # what ended a response: a sibling shown as a demonstration is shown without it
         self.stop_strings = tuple(str(s) for s in (trainer.cfg.rollout.get("stop") or ()))
         self.seed = int(trainer.cfg.seed)
