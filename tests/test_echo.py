@@ -138,3 +138,28 @@ def test_echo_pairs_script_pairs_seeds_as_judged_and_without_echo(echo_run):
     assert res["without_echo"][0] == pytest.approx(1.0)   # problem a: cut before the echo it passes
     sampled = mod.compare(runs["sdpo"].parent, runs["grpo"].parent, kind="sampled", step=30)
     assert sampled["without_echo"][0] == pytest.approx(0.25)   # (1/2 - 0) on a, (0 - 0) on b
+
+
+def test_the_leaderboard_echo_share_is_the_final_evaluations_mean_over_seeds(echo_run, tmp_path):
+    from types import SimpleNamespace
+
+    from vpd_bench.evaluation.echo import final_echo_share
+    from vpd_bench.report.leaderboard import ECHO_FLAG, _echo_share
+    runs, _ = echo_run
+    # step 30 is the last evaluation: 2 of 4 sampled responses echo, the 1 greedy one does
+    assert final_echo_share(runs["sdpo"]) == pytest.approx(0.5)
+    assert final_echo_share(runs["sdpo"], greedy=True) == 1.0
+    assert final_echo_share(runs["grpo"]) is None                 # its teacher read no message
+    quiet = tmp_path / "quiet"
+    quiet.mkdir()
+    (quiet / "samples.jsonl").write_text((runs["sdpo"] / "samples.jsonl").read_text())
+    (quiet / "eval_samples.jsonl").write_text(json.dumps(
+        {"step": 30, "problem_id": "p", "sample": 0, "response": "\\boxed{3}", "reward": 1.0}) + "\n")
+    assert final_echo_share(quiet) == 0.0
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "eval_samples.jsonl").write_text((quiet / "eval_samples.jsonl").read_text())
+    (broken / "samples.jsonl").write_text("{oops\n")
+    members = [SimpleNamespace(run_dir=p) for p in (runs["sdpo"], quiet, runs["grpo"], broken)]
+    assert _echo_share(members, greedy=False) == pytest.approx(0.25)    # (0.5 + 0.0) / 2; the others left out
+    assert _echo_share(members[2:], greedy=False) is None and 0 < ECHO_FLAG < 0.25

@@ -32,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 from vpd_bench.errors import UserError
-from vpd_bench.evaluation.results import TRAIN_SAMPLES_FILE
+from vpd_bench.evaluation.results import SAMPLES_FILE, TRAIN_SAMPLES_FILE
 
 THRESHOLD = 0.75
 MIN_WORDS = 3
@@ -108,3 +108,28 @@ def run_feedback_sentences(run: Path) -> set[frozenset[str]]:
             if isinstance(msg, str):
                 messages.append(msg)
     return feedback_sentences(messages)
+
+
+def final_echo_share(run_dir: Path, greedy: bool = False) -> float | None:
+    """The share of a run's held-out responses at its last evaluation (greedy ones, or the sampled
+    ones) that echo the verifier's message its teacher read; None when the teacher read none or
+    the run saved no held-out samples. The report's ``echo_final`` column."""
+    run_dir = Path(run_dir)
+    path = run_dir / SAMPLES_FILE
+    templates = run_feedback_sentences(run_dir) if path.is_file() else set()
+    if not templates:
+        return None
+    saved: dict[tuple, str] = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                row = json.loads(line)
+                if (row["sample"] == "greedy") == greedy:
+                    saved[(int(row["step"]), str(row["problem_id"]), row["sample"])] = str(row["response"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue            # the report lists unreadable rows where it reads scores
+    if not saved:
+        return None
+    last = max(step for step, _, _ in saved)
+    responses = [r for (step, _, _), r in saved.items() if step == last]
+    return sum(echo_start(r, templates) is not None for r in responses) / len(responses)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vpd_bench.errors import UserError
+from vpd_bench.evaluation.echo import final_echo_share
 from vpd_bench.evaluation.stats import mean_stderr, min_detectable_effect, paired_bootstrap, t_interval
 from vpd_bench.evaluation.results import (
     FEEDBACK_FREE, FEEDBACK_ORDER, METHOD_ORDER, ReportWarning, RunRecord, SAMPLES_FILE, TASK_ORDER,
@@ -123,7 +124,8 @@ LEADERBOARD_COLUMNS = (
     "rank", "metric", "n_runs", "n_partial", "n_no_eval",
     "final_mean", "final_stderr", "best_mean", "best_stderr", "best_n_seeds",
     "initial_mean", "initial_stderr", "train_reward_mean", "train_reward_stderr",
-    "steps_completed_mean", "wall_time_s_mean", "seeds", "revisions", "flags", "higher_is_better", "settings",
+    "steps_completed_mean", "wall_time_s_mean", "seeds", "revisions", "echo_final", "flags", "higher_is_better",
+    "settings",
 )
 
 CI_BOOTSTRAP = "bootstrap(seeds x problems)"
@@ -179,6 +181,26 @@ def _per_seed(members: list[RunRecord], summaries: list[dict], metric: str) -> d
         final_p = run.problem_scores(sm, s["final_step"]) if sm else None
         out[key] = (s["initial"], s["final"], initial_p, final_p)
     return out
+
+
+# flag a row whose final held-out responses echo the verifier's message this often (docs/report.md)
+ECHO_FLAG = 0.10
+
+
+def _echo_share(members: list[RunRecord], greedy: bool) -> float | None:
+    """Mean over seeds of the share of final held-out responses (greedy ones for the greedy
+    metric) that echo the verifier's message the run's teacher read (vpd_bench/evaluation/echo.py);
+    None when no member's teacher read one. A training log the echo check cannot read leaves that
+    run out, as unreadable input lines are left out elsewhere in the report."""
+    shares = []
+    for r in members:
+        try:
+            share = final_echo_share(r.run_dir, greedy=greedy)
+        except UserError:
+            share = None
+        if share is not None:
+            shares.append(share)
+    return sum(shares) / len(shares) if shares else None
 
 
 def _verdict(lo: float, hi: float, higher: bool, baseline: str, n_pairs: int) -> tuple[bool | None, str]:
@@ -307,6 +329,9 @@ def build_leaderboard(runs: list[RunRecord], metric: str = DEFAULT_METRIC, budge
             flags.append("mixed metrics: " + ", ".join(used))
         if any("duplicate seed" in r.notes for r in members):
             flags.append("duplicate seeds")
+        echo = _echo_share(members, greedy=metric == "greedy")
+        if echo is not None and echo >= ECHO_FLAG:
+            flags.append(f"echo {echo:.2f}")
         higher = all(bool(r.higher_is_better.get(metric, True)) for r in members)
         per_seed = _per_seed(members, summaries, metric)
         seeds_of[(task, feedback, method)] = per_seed
@@ -336,6 +361,7 @@ def build_leaderboard(runs: list[RunRecord], metric: str = DEFAULT_METRIC, budge
             "steps_completed_mean": steps[0], "wall_time_s_mean": wall[0],
             "seeds": sorted(r.seed for r in members if r.seed is not None),
             "revisions": ", ".join(sorted({r.revision for r in members})),
+            "echo_final": math.nan if echo is None else echo,
             "flags": "; ".join(flags), "higher_is_better": higher,
             "settings": " | ".join(dict.fromkeys(run_settings(r) for r in members if run_settings(r))),
         })
