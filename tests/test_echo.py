@@ -163,3 +163,22 @@ def test_the_leaderboard_echo_share_is_the_final_evaluations_mean_over_seeds(ech
     members = [SimpleNamespace(run_dir=p) for p in (runs["sdpo"], quiet, runs["grpo"], broken)]
     assert _echo_share(members, greedy=False) == pytest.approx(0.25)    # (0.5 + 0.0) / 2; the others left out
     assert _echo_share(members[2:], greedy=False) is None and 0 < ECHO_FLAG < 0.25
+
+
+def test_a_claim_row_names_the_echo_of_each_side_and_keeps_its_mark(echo_run, tmp_path):
+    from types import SimpleNamespace
+
+    from vpd_bench.report.claims import _with_echo
+    runs, _ = echo_run
+    quiet = tmp_path / "quiet"
+    quiet.mkdir()
+    (quiet / "samples.jsonl").write_text((runs["sdpo"] / "samples.jsonl").read_text())
+    (quiet / "eval_samples.jsonl").write_text(json.dumps(
+        {"step": 30, "problem_id": "p", "sample": "greedy", "response": "\\boxed{3}", "reward": 1.0}) + "\n")
+    row = {"comparison": "vpd \u2212 sdpo", "mark": "holds", "why": "the interval lies above 0"}
+    sdpo, grpo, calm = (SimpleNamespace(run_dir=p) for p in (runs["sdpo"], runs["grpo"], quiet))
+    out = _with_echo(dict(row), [calm], [sdpo], "greedy")
+    assert out["mark"] == "holds" and out["why"].startswith("the interval lies above 0; feedback echo")
+    assert "(vpd 0.00, sdpo 1.00)" in out["why"]
+    # no side echoes (or no side's teacher read a message): the row is left as it was
+    assert _with_echo(dict(row), [calm], [grpo], "greedy") == row

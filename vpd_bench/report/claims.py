@@ -28,8 +28,8 @@ from typing import Any
 
 from vpd_bench.evaluation.results import FEEDBACK_FREE, TASK_ORDER, RunRecord, _as_float, _order
 from vpd_bench.evaluation.stats import t_interval
-from vpd_bench.report.leaderboard import (CI_NONE, DEFAULT_METRIC, _per_seed, _sample_metric, headline_feedback,
-                                          paired_change, summarize_run)
+from vpd_bench.report.leaderboard import (CI_NONE, DEFAULT_METRIC, ECHO_FLAG, _echo_share, _per_seed, _sample_metric,
+                                          headline_feedback, paired_change, summarize_run)
 
 HOLDS, FAILS, UNTESTABLE = "holds", "does not hold", "not testable at this scale"
 
@@ -244,7 +244,22 @@ def _compare(claim, groups, task, metric, better, worse, better_variant=None, wo
         return _missing(claim, task, comparison, _label(better, bv) if not runs_b else _label(worse, wv))
     est, lo, hi, how, n = _paired(_seed_scores(runs_w, metric), _seed_scores(runs_b, metric))
     feedback = fb_b if fb_b == fb_w else f"{fb_b} vs {fb_w}"
-    return _row(claim, task, feedback, comparison, est, lo, hi, how, n)
+    return _with_echo(_row(claim, task, feedback, comparison, est, lo, hi, how, n), runs_b, runs_w, metric)
+
+
+def _with_echo(row: dict, runs_b: list[RunRecord], runs_w: list[RunRecord], metric: str) -> dict:
+    """Say so in ``why`` when either side's final responses echo the verifier's message at least
+    ECHO_FLAG of the time (leaderboard ``echo_final``): part of the difference may be one side
+    repeating the feedback rather than answering worse (docs/report.md). The mark is unchanged."""
+    greedy = metric == "greedy"
+    b, w = _echo_share(runs_b, greedy), _echo_share(runs_w, greedy)
+    if max(x for x in (b, w, 0.0) if x is not None) >= ECHO_FLAG:
+        names = row["comparison"].split(" \u2212 ")
+        names = names if len(names) == 2 else ["first side", "second side"]
+        shown = ", ".join(f"{side} {x:.2f}" for side, x in zip(names, (b, w)) if x is not None)
+        row["why"] += (f"; feedback echo in the final responses ({shown}): part of the difference may be a side "
+                       f"repeating the verifier's message (`vpd-bench rescore --echo`)")
+    return row
 
 
 def _at_setting(groups, task: str, method: str, setting: str) -> tuple[str, dict[str, list[RunRecord]]]:
@@ -283,7 +298,8 @@ def _compare_at_setting(claim, groups, task, metric, better, worse, setting: str
     headline = task_headline(groups, task)
     fb = headline if headline in common else sorted(common)[0]
     est, lo, hi, how, n = _paired(_seed_scores(runs_w[fb], metric), _seed_scores(runs_b[fb], metric))
-    return _row(claim, task, fb, f"{lb} \u2212 {lw}", est, lo, hi, how, n)
+    return _with_echo(_row(claim, task, fb, f"{lb} \u2212 {lw}", est, lo, hi, how, n), runs_b[fb], runs_w[fb],
+                      metric)
 
 
 def _probe_change(series: list[dict] | None) -> float | None:
