@@ -1,5 +1,5 @@
 """Feedback echo (vpd_bench/evaluation/echo.py, `vpd-bench rescore --echo`): held-out responses that
-repeat the verifier's message their run's teacher read, and the score without the echo."""
+repeat the verifier's sentences (logged on the run's training responses), and the score without the echo."""
 from __future__ import annotations
 
 import csv
@@ -49,8 +49,9 @@ def test_echo_start_finds_the_first_echoing_sentence_and_spares_plain_answers():
 
 @pytest.fixture(scope="module")
 def echo_run(tmp_path_factory):
-    """Two math run folders sharing one config and held-out samples: an SDPO run whose teacher read
-    the verifier's messages, and a GRPO run whose teacher read none. Step 30 holds a right answer
+    """Two math run folders sharing one config and held-out samples: an SDPO run that logged the
+    verifier's messages on its training responses, and a run ("grpo") whose log holds none (as a
+    task without verifier messages would). Step 30 holds a right answer
     followed by the echoed pass message (which the verifier fails), a clean right answer, a wrong
     answer with an echo, and a wrong answer."""
     cfg = compose(task="math", model="tiny-random", overrides=["eval.num_problems=4"])
@@ -77,9 +78,9 @@ def echo_run(tmp_path_factory):
         (run / "config.yaml").write_text(to_yaml(cfg))
         (run / "eval_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         msgs = [PASS] * 5 + ["Your final answer 3 is incorrect."] * 5
-        train = [{"step": 1, "problem_id": a.id, "feedback": m,
-                  "teacher_feedback": m if method == "sdpo" else None,
-                  "teacher_prompt": "..." if method == "sdpo" else None} for m in msgs]
+        # the teacher read none of them: the check uses the verifier's messages, not the teacher's
+        train = [{"step": 1, "problem_id": a.id, "feedback": m if method == "sdpo" else None,
+                  "teacher_feedback": None, "teacher_prompt": None} for m in msgs]
         (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
         runs[method] = run
     return runs, task
@@ -99,7 +100,7 @@ def test_rescore_echo_counts_echoes_and_rejudges_the_text_before_them(echo_run):
     assert "pass@1_echo_share" not in rescore_run(runs["sdpo"], task)[0]
 
 
-def test_rescore_echo_is_empty_where_the_teacher_read_no_message(echo_run, tmp_path, capsys):
+def test_rescore_echo_is_empty_where_the_run_logged_no_verifier_message(echo_run, tmp_path, capsys):
     runs, _ = echo_run
     out = tmp_path / "echo.csv"
     assert main(["rescore", str(runs["sdpo"].parents[3]), "--echo", "--out", str(out)]) == 0
@@ -116,7 +117,7 @@ def test_a_bad_training_log_row_names_its_file_and_line(echo_run, tmp_path):
     bad.mkdir()
     for name in ("config.yaml", "eval_samples.jsonl"):
         (bad / name).write_text((runs["sdpo"] / name).read_text())
-    (bad / "samples.jsonl").write_text(json.dumps({"teacher_feedback": PASS}) + "\n[1, 2]\n")
+    (bad / "samples.jsonl").write_text(json.dumps({"feedback": PASS}) + "\n[1, 2]\n")
     with pytest.raises(UserError, match=r"samples.jsonl, line 2: not a JSON object"):
         rescore([str(bad)], echo=True)
     (bad / "samples.jsonl").write_text("{oops\n")
@@ -131,7 +132,7 @@ def test_echo_pairs_script_pairs_seeds_as_judged_and_without_echo(echo_run):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     runs, _ = echo_run
-    # the same saved responses: SDPO's teacher read the verifier's messages, GRPO's none
+    # the same saved responses: one run logged the verifier's messages, the other none
     res = mod.compare(runs["sdpo"].parent, runs["grpo"].parent, kind="greedy", step=30)
     assert res["seeds"] == ["seed0"]
     assert res["judged"][0] == 0.0
@@ -149,7 +150,7 @@ def test_the_leaderboard_echo_share_is_the_final_evaluations_mean_over_seeds(ech
     # step 30 is the last evaluation: 2 of 4 sampled responses echo, the 1 greedy one does
     assert final_echo_share(runs["sdpo"]) == pytest.approx(0.5)
     assert final_echo_share(runs["sdpo"], greedy=True) == 1.0
-    assert final_echo_share(runs["grpo"]) is None                 # its teacher read no message
+    assert final_echo_share(runs["grpo"]) is None                 # its log holds no verifier message
     quiet = tmp_path / "quiet"
     quiet.mkdir()
     (quiet / "samples.jsonl").write_text((runs["sdpo"] / "samples.jsonl").read_text())
@@ -180,5 +181,5 @@ def test_a_claim_row_names_the_echo_of_each_side_and_keeps_its_mark(echo_run, tm
     out = _with_echo(dict(row), [calm], [sdpo], "greedy")
     assert out["mark"] == "holds" and out["why"].startswith("the interval lies above 0; feedback echo")
     assert "(vpd 0.00, sdpo 1.00)" in out["why"]
-    # no side echoes (or no side's teacher read a message): the row is left as it was
+    # no side echoes (or a side logged no verifier message): the row is left as it was
     assert _with_echo(dict(row), [calm], [grpo], "greedy") == row

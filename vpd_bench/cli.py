@@ -456,9 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run folders, or folders above them")
     rs.add_argument("--out", default=None, metavar="CSV", help="write every evaluation step's row to this CSV")
     rs.add_argument("--echo", action="store_true",
-                    help="also measure feedback echo: the share of responses that repeat the verifier's message "
-                         "the run's teacher read, and pass@1/greedy when each response is cut where its echo "
-                         "begins (vpd_bench/evaluation/echo.py)")
+                    help="also measure feedback echo: the share of responses that repeat the verifier's "
+                         "sentences (as logged on the run's training responses), and pass@1/greedy when each "
+                         "response is cut where its echo begins (vpd_bench/evaluation/echo.py)")
     return p
 
 

@@ -1,19 +1,21 @@
-"""Feedback echo: held-out responses that repeat the verifier's message.
+"""Feedback echo: held-out responses that talk in the verifier's voice.
 
-A self-distilling student never sees feedback, but its teacher does, and the teacher, having just
-read "Your final answer is correct." in its prompt, finds that sentence a likely continuation of
-an answer. Distilled into the student, that becomes a student that answers and then writes the
-verifier's sentence itself ("9 + 9 = 18\\n\\nYour answer is correct.\\n\\nYour answer is ..."). A
-final-answer verifier then reads "correct" as the answer, so the score falls for a reason that is
-not arithmetic. ``vpd-bench rescore --echo`` measures how much of a run's score that costs.
+A self-distilling student never sees feedback, but its teacher does: a teacher prompt that frames
+a "Feedback on your earlier attempt:" block makes verifier-style sentences a likely continuation
+of an answer for the teacher. Distilled into the student, that becomes a student that answers and
+then writes a verdict itself ("9 + 9 = 18\\n\\nYour answer is correct.\\n\\nYour answer is ...").
+A final-answer verifier then reads "correct" as the answer, so the score falls for a reason that
+is not arithmetic. ``vpd-bench rescore --echo`` measures how much of a run's score that costs. (The
+student writes the pass sentence even when its teacher never read it: results/cpu/README.md §1o.)
 
 Definitions (used by the CSV columns of ``vpd_bench.evaluation.rescore``):
 
-- the *feedback sentences* of a run are the sentences that recur in the verifier messages its
-  teacher was shown (in at least ``MIN_SHARE`` of them: the verifier's templates, not the student
-  words a message quotes), from the training samples the run logged (``samples.jsonl``:
-  ``teacher_feedback``, or ``feedback`` in older logs); runs whose teacher saw none (GRPO, or a
-  sibling alone) have none and no echo columns;
+- the *feedback sentences* of a run are the sentences that recur in the verifier's messages on
+  its training responses (in at least ``MIN_SHARE`` of them: the verifier's templates, not the
+  student words a message quotes), from the training samples the run logged (``samples.jsonl``,
+  field ``feedback``, whatever the teacher was shown), so every method's runs on a task are
+  checked against the same verifier sentences, GRPO's too (a control: no teacher, no echo); a run
+  whose log holds no verifier message has no echo columns;
 - a sentence is split at a newline, or at ``.``/``!``/``?`` followed by a space; its *words* are
   its lower-cased alphabetic words of two letters or more (numbers and option letters, the parts
   of a verifier message that change from response to response, drop out);
@@ -84,7 +86,8 @@ def echo_start(response: str, templates: set[frozenset[str]], threshold: float =
 
 
 def run_feedback_sentences(run: Path) -> set[frozenset[str]]:
-    """Feedback sentences of the verifier messages a run's teacher was shown (empty when none)."""
+    """Feedback sentences of the verifier's messages on a run's logged training responses (empty
+    when it logged none)."""
     path = Path(run) / TRAIN_SAMPLES_FILE
     if not path.is_file():
         return set()
@@ -99,12 +102,7 @@ def run_feedback_sentences(run: Path) -> set[frozenset[str]]:
                 raise UserError(f"{path}, line {n}: not a JSON row ({err})") from None
             if not isinstance(row, dict):
                 raise UserError(f"{path}, line {n}: not a JSON object")
-            # the message the teacher read; logs older than the teacher_feedback field kept only
-            # the verifier's message, which the teacher read when it had a prompt at all
-            if "teacher_feedback" in row:
-                msg = row["teacher_feedback"]
-            else:
-                msg = row.get("feedback") if row.get("teacher_prompt") else None
+            msg = row.get("feedback")
             if isinstance(msg, str):
                 messages.append(msg)
     return feedback_sentences(messages)
@@ -112,7 +110,7 @@ def run_feedback_sentences(run: Path) -> set[frozenset[str]]:
 
 def final_echo_share(run_dir: Path, greedy: bool = False) -> float | None:
     """The share of a run's held-out responses at its last evaluation (greedy ones, or the sampled
-    ones) that echo the verifier's message its teacher read; None when the teacher read none or
+    ones) that echo the verifier's sentences; None when the run logged no verifier message or
     the run saved no held-out samples. The report's ``echo_final`` column."""
     run_dir = Path(run_dir)
     path = run_dir / SAMPLES_FILE

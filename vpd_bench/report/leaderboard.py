@@ -189,8 +189,8 @@ ECHO_FLAG = 0.10
 
 def _echo_share(members: list[RunRecord], greedy: bool) -> float | None:
     """Mean over seeds of the share of final held-out responses (greedy ones for the greedy
-    metric) that echo the verifier's message the run's teacher read (vpd_bench/evaluation/echo.py);
-    None when no member's teacher read one. A training log the echo check cannot read leaves that
+    metric) that echo the verifier's sentences (vpd_bench/evaluation/echo.py); None when no member
+    logged a verifier message. A training log the echo check cannot read leaves that
     run out, as unreadable input lines are left out elsewhere in the report."""
     shares = []
     for r in members:
