@@ -15,12 +15,13 @@ without echo.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from vpd_bench.evaluation.echo import echo_start, run_feedback_sentences
+from vpd_bench.evaluation.echo import judge_without_echo, run_feedback_sentences
+from vpd_bench.evaluation.rescore import read_saved_samples
+from vpd_bench.evaluation.results import PASS_REWARD
 from vpd_bench.evaluation.stats import paired_bootstrap
 from vpd_bench.tasks import build_task
 
@@ -30,18 +31,13 @@ def problem_scores(run: Path, kind: str, step: int, task=None) -> tuple[dict, di
     task = task or build_task(OmegaConf.load(run / "config.yaml"))
     problems = {p.id: p for p in task.eval_problems()}
     templates = run_feedback_sentences(run)
-    rows = {}
-    for line in open(run / "eval_samples.jsonl", encoding="utf-8"):
-        if line.strip():
-            r = json.loads(line)
-            if r["step"] == step and (r["sample"] == "greedy") == (kind == "greedy"):
-                rows[(r["problem_id"], r["sample"])] = r["response"]   # a resumed run's later row wins
     judged: dict[str, list[bool]] = {}
     cut: dict[str, list[bool]] = {}
-    for (pid, _), response in rows.items():
-        ok = task.verify(problems[pid], response, split="eval").reward >= 1.0
-        at = echo_start(response, templates) if templates else None
-        ok_cut = ok or (at is not None and task.verify(problems[pid], response[:at], split="eval").reward >= 1.0)
+    for (at_step, pid, sample), (response, _) in read_saved_samples(run, problems).items():
+        if at_step != step or (sample == "greedy") != (kind == "greedy"):
+            continue
+        ok = task.verify(problems[pid], response, split="eval").reward >= PASS_REWARD
+        ok_cut = judge_without_echo(task, problems[pid], response, templates, ok)[1] if templates else ok
         judged.setdefault(pid, []).append(ok)
         cut.setdefault(pid, []).append(ok_cut)
 

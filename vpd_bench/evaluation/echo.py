@@ -31,10 +31,11 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 
 from vpd_bench.errors import UserError
-from vpd_bench.evaluation.results import SAMPLES_FILE, TRAIN_SAMPLES_FILE
+from vpd_bench.evaluation.results import PASS_REWARD, SAMPLES_FILE, TRAIN_SAMPLES_FILE
 
 THRESHOLD = 0.75
 MIN_WORDS = 3
@@ -85,6 +86,16 @@ def echo_start(response: str, templates: set[frozenset[str]], threshold: float =
     return None
 
 
+def judge_without_echo(task, problem, response: str, templates: set[frozenset[str]],
+                       passed: bool) -> tuple[bool, bool]:
+    """(echoes, passes without its echo) for one held-out response that the verifier judged
+    ``passed``: the second re-judges the text before the first echoing sentence (held-out checks)."""
+    at = echo_start(response, templates)
+    if at is None or passed:
+        return at is not None, passed
+    return True, task.verify(problem, response[:at], split="eval").reward >= PASS_REWARD
+
+
 def run_feedback_sentences(run: Path) -> set[frozenset[str]]:
     """Feedback sentences of the verifier's messages on a run's logged training responses (empty
     when it logged none)."""
@@ -111,8 +122,16 @@ def run_feedback_sentences(run: Path) -> set[frozenset[str]]:
 def final_echo_share(run_dir: Path, greedy: bool = False) -> float | None:
     """The share of a run's held-out responses at its last evaluation (greedy ones, or the sampled
     ones) that echo the verifier's sentences; None when the run logged no verifier message or
-    the run saved no held-out samples. The report's ``echo_final`` column."""
+    the run saved no held-out samples. The report's ``echo_final`` column and its claims notes ask
+    for the same runs: the answer is kept until either file changes."""
     run_dir = Path(run_dir)
+    stamp = tuple(p.stat().st_mtime_ns if p.is_file() else None
+                  for p in (run_dir / SAMPLES_FILE, run_dir / TRAIN_SAMPLES_FILE))
+    return _final_echo_share(run_dir, greedy, stamp)
+
+
+@lru_cache(maxsize=4096)
+def _final_echo_share(run_dir: Path, greedy: bool, _stamp: tuple) -> float | None:
     path = run_dir / SAMPLES_FILE
     templates = run_feedback_sentences(run_dir) if path.is_file() else set()
     if not templates:

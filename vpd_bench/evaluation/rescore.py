@@ -19,7 +19,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from vpd_bench.errors import UserError
-from vpd_bench.evaluation.echo import echo_start, run_feedback_sentences
+from vpd_bench.evaluation.echo import judge_without_echo, run_feedback_sentences
 from vpd_bench.evaluation.results import PASS_REWARD, SAMPLES_FILE
 
 FIELDS = ("run", "step", "problems", "pass@1_recorded", "pass@1_rejudged", "greedy_recorded", "greedy_rejudged",
@@ -46,8 +46,8 @@ def rescore_run(run: Path, task=None, echo: bool = False) -> list[dict]:
     """One row per evaluation step of ``run``: pass@1 (sampled responses) and greedy, as recorded
     and as re-judged, and how many responses changed verdict (sampled and greedy together).
     A resumed run's later rows for the same step, problem and sample replace earlier ones, as
-    in the report. With ``echo``, also the ECHO_FIELDS (None where the run's teacher read no
-    verifier message)."""
+    in the report. With ``echo``, also the ECHO_FIELDS (None where the run logged no verifier
+    message)."""
     try:
         if task is None:
             from vpd_bench.tasks import build_task
@@ -59,20 +59,7 @@ def rescore_run(run: Path, task=None, echo: bool = False) -> list[dict]:
     except Exception as err:  # noqa: BLE001 - a config that does not build its task, named with its file
         raise UserError(f"{run / 'config.yaml'}: cannot rebuild the run's task from it "
                         f"({type(err).__name__}: {err}); is it a config.yaml that `vpd-bench run` wrote?") from None
-    saved: dict[tuple, tuple[str, float]] = {}
-    with open(run / SAMPLES_FILE, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                key = (int(row["step"]), str(row["problem_id"]), row["sample"])
-                saved[key] = (str(row["response"]), float(row["reward"]))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-                raise UserError(f"{run / SAMPLES_FILE}, line {n}: not a sample row ({err})") from None
-            if key[1] not in problems:
-                raise UserError(f"{run / SAMPLES_FILE}, line {n}: problem {key[1]!r} is not in the task its "
-                                f"config.yaml builds; was the run made with another task or data version?")
+    saved = read_saved_samples(run, problems)
     templates = run_feedback_sentences(run) if echo else set()
     # per step: {kind: [count, recorded passes, re-judged passes, echoes, passes without echo]}, flips
     steps: dict[int, dict] = defaultdict(lambda: {"sampled": [0, 0, 0, 0, 0], "greedy": [0, 0, 0, 0, 0],
@@ -86,10 +73,9 @@ def rescore_run(run: Path, task=None, echo: bool = False) -> list[dict]:
         tally[1] += old >= PASS_REWARD
         tally[2] += new >= PASS_REWARD
         if templates:
-            at = echo_start(response, templates)
-            tally[3] += at is not None
-            tally[4] += new >= PASS_REWARD or (
-                at is not None and task.verify(problems[pid], response[:at], split="eval").reward >= PASS_REWARD)
+            echoed, kept = judge_without_echo(task, problems[pid], response, templates, new >= PASS_REWARD)
+            tally[3] += echoed
+            tally[4] += kept
         acc["flips"][0] += old >= PASS_REWARD > new
         acc["flips"][1] += new >= PASS_REWARD > old
         acc["problems"].add(pid)
@@ -109,6 +95,27 @@ def rescore_run(run: Path, task=None, echo: bool = False) -> list[dict]:
                 row[f"{kind}_echo_share"] = rate(t, 3) if templates else None
                 row[f"{kind}_without_echo"] = rate(t, 4) if templates else None
     return rows
+
+
+def read_saved_samples(run: Path, problems: dict) -> dict[tuple, tuple[str, float]]:
+    """A run's eval_samples.jsonl as {(step, problem id, sample): (response, reward)}; a resumed
+    run's later row for the same key replaces the earlier one. A malformed row, or one naming a
+    problem not in ``problems``, is a UserError naming the file and line."""
+    saved: dict[tuple, tuple[str, float]] = {}
+    with open(run / SAMPLES_FILE, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                key = (int(row["step"]), str(row["problem_id"]), row["sample"])
+                saved[key] = (str(row["response"]), float(row["reward"]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                raise UserError(f"{run / SAMPLES_FILE}, line {n}: not a sample row ({err})") from None
+            if key[1] not in problems:
+                raise UserError(f"{run / SAMPLES_FILE}, line {n}: problem {key[1]!r} is not in the task its "
+                                f"config.yaml builds; was the run made with another task or data version?")
+    return saved
 
 
 def rescore(paths: list[str], out: str | None = None, progress=None, echo: bool = False) -> list[dict]:
