@@ -45,6 +45,18 @@ def test_shard_bounds_partition_the_batch():
     assert one.shard(seq) is seq and one.reduce_metrics({"a": 1}) == {"a": 1}   # identity in one process
 
 
+def test_the_distillation_normaliser_counts_the_tokens_each_rank_scores():
+    """Summed across ranks, the token count is that of the tokens the loss scores: with
+    distill_after_answer=false (``distill_keep``) those up to each answer, on rows with a teacher."""
+    from vpd_bench.rollout.batch import RolloutBatch
+    b = RolloutBatch(step=1, group_size=3, problems=[None], prompt_texts=[""], prompt_ids=[[1]])
+    b.response_ids = [[5] * 6, [5] * 4, [5] * 3]
+    b.teacher_mask = torch.tensor([True, True, False])
+    assert D._raw_counts("distill_norm", b, None) == (10.0, 2.0)
+    b.extras["distill_keep"] = torch.tensor([2, 4, 3])
+    assert D._raw_counts("distill_norm", b, None) == (6.0, 2.0)
+
+
 def test_two_processes_make_the_same_update_as_one(tmp_path):
     spawn(1, tmp_path)
     spawn(2, tmp_path)

@@ -79,11 +79,12 @@ def divergence(ps, pt, alpha):
     return (1 - alpha) * (ps * (ps.log() - m.log())).sum(-1) + alpha * (pt * (pt.log() - m.log())).sum(-1)
 
 
-def reference_distillation_loss(t, batch, alpha, support, k=20, drop=()):
+def reference_distillation_loss(t, batch, alpha, support, k=20, drop=(), scored=None):
     """sum over rows with a teacher, tokens: min(exp(log p_S(y_t) - log p_rollout(y_t)), clip) * D_t,
     divided by the number of those tokens; teacher scored without a graph. ``drop``: token ids
     removed from both distributions (renormalised over the rest) before D_t; the weights still
-    use the sampled token's full-vocabulary log-probs."""
+    use the sampled token's full-vocabulary log-probs. ``scored``: per response, how many leading
+    tokens are scored (and counted)."""
     teacher_model = getattr(t.teacher, "copy", None) or t.model
     total, n_tokens = 0.0, 0
     for i in range(batch.num_responses):
@@ -106,8 +107,9 @@ def reference_distillation_loss(t, batch, alpha, support, k=20, drop=()):
                 s, tt = s.index_select(-1, keep), tt.index_select(-1, keep)
             ps, pt = support_probs(s, tt, support, min(k, s.shape[-1]))
             per_token = divergence(ps, pt, alpha)
-        total = total + (w * per_token).sum()
-        n_tokens += len(y)
+        n = len(y) if scored is None else scored[i]
+        total = total + (w * per_token)[:n].sum()
+        n_tokens += n
     return total / n_tokens
 
 
@@ -738,3 +740,90 @@ def test_estep_probe_time_is_reported_apart_from_the_step_time(make_trainer, mon
     assert m["diagnostics_s"] == 20.0                       # one probe before and one after the E-step
     assert m["teacher_update_s"] == 0.0 and m["step_time_s"] == 0.0 and t.wall_time == 0.0
     assert m["estep_probe_pass_before"] == 0.0 and m["estep_probe_len_after"] == 1.0
+
+
+# -- distill_after_answer=false: the feedback-echo fix ------------------------------------------------
+
+def with_answers(t, batch, answers):
+    """Verdicts whose extracted answers are ``answers`` (None: no answer found), and the number of
+    leading tokens each response keeps, found by decoding prefixes independently."""
+    from tasks.base import Verdict
+    batch.verdicts = [Verdict(float(r), "pass" if r >= 1 else "fail", extras={"extracted": a})
+                      for r, a in zip(batch.rewards.tolist(), answers)]
+    keep = []
+    for ids, text, a in zip(batch.response_ids, batch.response_texts, answers):
+        if a is None:
+            keep.append(len(ids))
+            continue
+        end = text.rfind(a) + len(a)
+        keep.append(next(k for k in range(1, len(ids) + 1)
+                         if len(t.tokenizer.decode(ids[:k], skip_special_tokens=True)) >= end))
+    return keep
+
+
+def test_answer_end_is_the_last_occurrence_of_the_extracted_answer():
+    from tasks.base import Verdict
+    from vpd_bench.method import answer_end_char
+    v = lambda a: Verdict(1.0, "pass", extras={"extracted": a})
+    assert answer_end_char("9 + 9 = 18\n\nYour answer is correct.", v("18")) == 10
+    assert answer_end_char("18 or 18.", v("18")) == 8             # the last occurrence
+    assert answer_end_char("The answer is \\boxed{7}.", v("7")) == 22    # 14 + 7 characters come before the 7
+    assert answer_end_char("no answer here", v(None)) is None
+    assert answer_end_char("12", v("13")) is None                  # a cleaned answer not in the text
+    assert answer_end_char("12", Verdict(0.0, "fail")) is None     # a verifier without `extracted` (code)
+
+
+def test_tokens_through_counts_the_fewest_tokens_that_reach_the_answer(make_trainer):
+    from vpd_bench.method import tokens_through
+    tok = make_trainer("sdpo").tokenizer
+    ids = tok.encode("12 + 30 = 42\n\nYour answer is correct.", add_special_tokens=False)
+    k = tokens_through(tok, ids, len("12 + 30 = 42"))
+    assert tok.decode(ids[:k], skip_special_tokens=True).startswith("12 + 30 = 42")
+    assert not tok.decode(ids[:k - 1], skip_special_tokens=True).startswith("12 + 30 = 42")
+    assert tokens_through(tok, ids, 10_000) == len(ids)
+
+
+@pytest.mark.parametrize("method,extra,alpha,support", [
+    ("sdpo", ["method.teacher=live"], 0.5, "full"),
+    ("vpd", [], 1.0, "topk"),
+    ("sdft", [], 0.0, "full"),
+])
+def test_distill_after_answer_false_scores_the_tokens_through_the_answer(make_trainer, method, extra, alpha, support):
+    """Each response is distilled over its leading tokens up to the end of the extracted answer, and
+    the token mean counts those only; a response without an answer is distilled whole."""
+    t = trainer_for(make_trainer, method, extra + [f"method.alpha={alpha}", f"method.support={support}",
+                                                   "method.topk=5", "method.distill_after_answer=false"])
+    batch = toy_batch(t, rollout_shift=rollout_shift)          # "e tea", "xyz", "eel", "qqq"
+    keep = with_answers(t, batch, ["e", "x", None, "q"])
+    lengths = [len(r) for r in batch.response_ids]
+    assert any(k < n for k, n in zip(keep, lengths)) and keep[2] == lengths[2]
+    loss, _ = method_loss(t, batch)
+    ref = reference_distillation_loss(t, batch, alpha, support, k=5, scored=keep)
+    assert_same_value_and_gradient(t, loss, ref)
+    whole = reference_distillation_loss(t, batch, alpha, support, k=5)
+    assert abs(float(whole.detach()) - float(ref.detach())) > 1e-2 * abs(float(ref.detach()))
+
+
+def test_distill_after_answer_false_ignores_what_the_teacher_wants_after_the_answer(make_trainer):
+    """A teacher that changes only after the answer (where an echo would begin) changes SDPO's loss,
+    and changes nothing with distill_after_answer=false."""
+    def loss_with_teacher_shift(after_answer, shift):
+        t = trainer_for(make_trainer, "sdpo", ["method.teacher=live", "method.support=full",
+                                               f"method.distill_after_answer={after_answer}"])
+        batch = toy_batch(t, rollout_shift=rollout_shift)
+        keep = with_answers(t, batch, ["e", "x", "e", "q"])
+        t.build_teacher_context(batch)
+        t.method.prepare(batch)
+        mb = t._micro_batch(batch, list(range(batch.num_responses)))
+        plain = mb.teacher_logits_fn
+        after = (torch.arange(plain().shape[1])[None, :] >= torch.tensor(keep)[:, None]).float()
+
+        def shifted():
+            logits = plain().clone()
+            logits[..., 3] += shift * after          # one token made likelier only after the answer
+            return logits
+        mb.teacher_logits_fn = shifted
+        return float(t.method.loss(mb).detach())
+
+    assert loss_with_teacher_shift("true", 5.0) != pytest.approx(loss_with_teacher_shift("true", 0.0), rel=1e-4)
+    assert loss_with_teacher_shift("false", 5.0) == pytest.approx(loss_with_teacher_shift("false", 0.0), rel=1e-6)

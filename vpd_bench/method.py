@@ -169,15 +169,55 @@ def grpo_loss(method: Method, mb: MicroBatch, norm: Normalizers) -> torch.Tensor
     return L.aggregate(per_token, mask, m.aggregation, norm.num_tokens, norm.num_sequences)
 
 
+def answer_end_char(text: str, verdict) -> int | None:
+    """Where the final answer the verifier read ends in ``text`` (a character offset), or None when
+    the verifier reports none: the end of the last occurrence of its ``extracted`` answer (math,
+    sciqa calculations; the chosen letter on multiple choice). Code verifiers extract no answer."""
+    extracted = (getattr(verdict, "extras", None) or {}).get("extracted")
+    if not isinstance(extracted, str) or not extracted.strip():
+        return None
+    at = text.rfind(extracted.strip())
+    return None if at < 0 else at + len(extracted.strip())
+
+
+def tokens_through(tokenizer, ids: list[int], end_char: int) -> int:
+    """The fewest leading tokens of ``ids`` whose decoded text reaches character ``end_char``
+    (the text decoded as the loop decodes responses); all of them when none does."""
+    for k in range(1, len(ids) + 1):
+        if len(tokenizer.decode(ids[:k], skip_special_tokens=True)) >= end_char:
+            return k
+    return len(ids)
+
+
+def distill_keep(method: Method, batch: RolloutBatch) -> torch.Tensor:
+    """Per response, how many leading tokens the distillation scores: all of them (the methods as
+    published), or with ``method.distill_after_answer=false`` those up to the end of the final
+    answer, so that nothing the teacher would write after an answer (the verifier's "Your answer
+    is correct." read from its prompt: feedback echo), the stop token included, is distilled."""
+    lengths = [len(r) for r in batch.response_ids]
+    if bool(method.mcfg.get("distill_after_answer", True)):
+        return torch.tensor(lengths, dtype=torch.long)
+    keep = []
+    for i, ids in enumerate(batch.response_ids):
+        verdict = batch.verdicts[i] if i < len(batch.verdicts) else None
+        end = answer_end_char(batch.response_texts[i], verdict) if verdict is not None else None
+        keep.append(len(ids) if end is None else tokens_through(method.trainer.tokenizer, ids, end))
+    return torch.tensor(keep, dtype=torch.long)
+
+
 def distill_prepare(method: Method, batch: RolloutBatch) -> dict:
-    lengths = batch.response_lengths() * batch.teacher_mask.float()
+    keep = distill_keep(method, batch)
+    batch.extras["distill_keep"] = keep
+    lengths = keep.float() * batch.teacher_mask.float()
     batch.extras["distill_norm"] = Normalizers(float(lengths.sum().clamp(min=1)), float((lengths > 0).sum().clamp(min=1)))
     # responses the student ended itself (EOS): where teacher and student disagree about stopping
     batch.extras["ended_eos"] = torch.tensor([r == "eos" for r in (batch.finish_reasons or [])], dtype=torch.bool)
     if not bool(batch.teacher_mask.any()):
         method.warn_once("masked", "every response in this batch lacks a teacher signal (no feedback or "
                                    "demonstration): the distillation loss is 0 (masked_teacher_frac=1; warned once)")
-    return {}
+    # the share of response tokens the loss scores (1 unless distill_after_answer=false cuts at answers)
+    total = float(batch.response_lengths().sum())
+    return {"distill_token_frac": float(keep.float().sum()) / total if total else None}
 
 
 def distillation_loss(method: Method, mb: MicroBatch, norm: Normalizers) -> torch.Tensor:
@@ -191,7 +231,11 @@ def distillation_loss(method: Method, mb: MicroBatch, norm: Normalizers) -> torc
     s_logits = s_logits[rows]
     t_logits = mb.teacher_logits()
     ids = mb.student.response_ids[rows]
-    mask = mb.response_mask[rows]
+    full_mask = mask = mb.response_mask[rows]
+    keep = mb.batch_extras.get("distill_keep")
+    if keep is not None:                  # distill_after_answer=false: tokens after the answer leave the loss
+        keep = keep[mb.indices][rows.cpu()].to(mask.device)
+        mask = mask * (torch.arange(mask.shape[1], device=mask.device)[None, :] < keep[:, None]).to(mask.dtype)
     s_tok = mb.student_token_logp()[rows]
     t_tok = token_log_probs(t_logits, ids)
     weights = L.importance_weights(s_tok, mb.rollout_logp[rows], m.is_clip)
@@ -220,9 +264,10 @@ def distillation_loss(method: Method, mb: MicroBatch, norm: Normalizers) -> torc
     loss = L.aggregate(per_token * weights, mask, m.aggregation, norm.num_tokens, norm.num_sequences)
     # health: teacher-student divergence and the teacher's log-likelihood gain per response
     mb.stats.setdefault("divergence", []).append(((divergence * mask).sum().item(), mask.sum().item()))
-    gain = ((t_tok - s_tok.detach()) * mask).sum(-1)
+    # the diagnostics read whole responses, whatever the loss scores
+    gain = ((t_tok - s_tok.detach()) * full_mask).sum(-1)
     mb.stats.setdefault("gain", []).append((gain, mb.success[rows]))
-    _record_stop_log_probs(mb, rows, mask, s_tok, t_tok)
+    _record_stop_log_probs(mb, rows, full_mask, s_tok, t_tok)
     return loss
 
 

@@ -245,7 +245,8 @@ def _raw_counts(key: str, batch, norm) -> tuple[float, float]:
     if key == "grpo_norm":
         return float(lengths.sum()), float((lengths > 0).sum())
     if key == "distill_norm":
-        lengths = lengths * batch.teacher_mask.float()
+        keep = batch.extras.get("distill_keep")          # distill_after_answer=false scores fewer tokens
+        lengths = (keep.float() if keep is not None else lengths) * batch.teacher_mask.float()
         return float(lengths.sum()), float((lengths > 0).sum())
     log.warning("normaliser %r is summed across ranks as computed (clamped) on each rank", key)
     return float(norm.num_tokens), float(norm.num_sequences)
