@@ -139,6 +139,10 @@ def test_echo_pairs_script_pairs_seeds_as_judged_and_without_echo(echo_run):
     assert res["without_echo"][0] == pytest.approx(1.0)   # problem a: cut before the echo it passes
     sampled = mod.compare(runs["sdpo"].parent, runs["grpo"].parent, kind="sampled", step=30)
     assert sampled["without_echo"][0] == pytest.approx(0.25)   # (1/2 - 0) on a, (0 - 0) on b
+    # the share that echoes: greedy 1 on a against none; sampled 1/2 on a and on b against none
+    assert res["echo_share"][0] == 1.0 and sampled["echo_share"][0] == pytest.approx(0.5)
+    back = mod.compare(runs["grpo"].parent, runs["sdpo"].parent, kind="sampled", step=30)
+    assert back["echo_share"][0] == pytest.approx(-0.5)
 
 
 def test_the_leaderboard_echo_share_is_the_final_evaluations_mean_over_seeds(echo_run, tmp_path):
