@@ -798,6 +798,9 @@ def test_distill_after_answer_false_scores_the_tokens_through_the_answer(make_tr
     lengths = [len(r) for r in batch.response_ids]
     assert any(k < n for k, n in zip(keep, lengths)) and keep[2] == lengths[2]
     loss, _ = method_loss(t, batch)
+    assert batch.extras["distill_keep"].tolist() == keep
+    from vpd_bench.method import distill_prepare
+    assert distill_prepare(t.method, batch)["distill_token_frac"] == pytest.approx(sum(keep) / sum(lengths))
     ref = reference_distillation_loss(t, batch, alpha, support, k=5, scored=keep)
     assert_same_value_and_gradient(t, loss, ref)
     whole = reference_distillation_loss(t, batch, alpha, support, k=5)
