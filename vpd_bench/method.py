@@ -189,26 +189,27 @@ def tokens_through(tokenizer, ids: list[int], end_char: int) -> int:
     return len(ids)
 
 
-def distill_keep(method: Method, batch: RolloutBatch) -> torch.Tensor:
+def distill_keep(method: Method, batch: RolloutBatch) -> torch.Tensor | None:
     """Per response, how many leading tokens the distillation scores: all of them (the methods as
     published), or with ``method.distill_after_answer=false`` those up to the end of the final
     answer, so that nothing the teacher would write after an answer (the verifier's "Your answer
-    is correct." read from its prompt: feedback echo), the stop token included, is distilled."""
-    lengths = [len(r) for r in batch.response_ids]
+    is correct." read from its prompt: feedback echo), the stop token included, is distilled.
+    None when every token is scored (the default: no mask to build)."""
     if bool(method.mcfg.get("distill_after_answer", True)):
-        return torch.tensor(lengths, dtype=torch.long)
+        return None
     keep = []
     for i, ids in enumerate(batch.response_ids):
-        verdict = batch.verdicts[i] if i < len(batch.verdicts) else None
-        end = answer_end_char(batch.response_texts[i], verdict) if verdict is not None else None
+        end = answer_end_char(batch.response_texts[i], batch.verdicts[i] if i < len(batch.verdicts) else None)
         keep.append(len(ids) if end is None else tokens_through(method.trainer.tokenizer, ids, end))
     return torch.tensor(keep, dtype=torch.long)
 
 
 def distill_prepare(method: Method, batch: RolloutBatch) -> dict:
     keep = distill_keep(method, batch)
-    batch.extras["distill_keep"] = keep
-    lengths = keep.float() * batch.teacher_mask.float()
+    if keep is not None:
+        batch.extras["distill_keep"] = keep
+    scored = keep.float() if keep is not None else batch.response_lengths()
+    lengths = scored * batch.teacher_mask.float()
     batch.extras["distill_norm"] = Normalizers(float(lengths.sum().clamp(min=1)), float((lengths > 0).sum().clamp(min=1)))
     # responses the student ended itself (EOS): where teacher and student disagree about stopping
     batch.extras["ended_eos"] = torch.tensor([r == "eos" for r in (batch.finish_reasons or [])], dtype=torch.bool)
@@ -217,7 +218,7 @@ def distill_prepare(method: Method, batch: RolloutBatch) -> dict:
                                    "demonstration): the distillation loss is 0 (masked_teacher_frac=1; warned once)")
     # the share of response tokens the loss scores (1 unless distill_after_answer=false cuts at answers)
     total = float(batch.response_lengths().sum())
-    return {"distill_token_frac": float(keep.float().sum()) / total if total else None}
+    return {"distill_token_frac": float(scored.sum()) / total if total else None}
 
 
 def distillation_loss(method: Method, mb: MicroBatch, norm: Normalizers) -> torch.Tensor:
